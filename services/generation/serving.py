@@ -1,0 +1,549 @@
+"""The serving layer: OpenAI requests in, a response or an async iterator of SSE strings out.
+
+Engine-agnostic: it renders the chat template, validates lengths, fans out `n`,
+parses tool calls and keeps the metrics. The router only turns its results into HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from services.common.errors import InvalidRequest, ModelNotFound, Overloaded, sse_error
+from services.common.metrics import LATENCY_BUCKETS
+from services.common.sse import DONE, sse_data
+
+from . import tools as toolfmt
+from .engines.base import Engine, GenerationChunk, SamplingOptions, TokenLogprob
+from .protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChoiceLogprobs,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaToolCall,
+    ModelCard,
+    ModelList,
+    ResponseMessage,
+    TokenLogprobOut,
+    TopLogprob,
+    Usage,
+)
+
+
+class GenerationMetrics:
+    def __init__(self, registry: CollectorRegistry, engine: Engine):
+        self.requests = Counter(
+            "inferag_generation_requests_total", "Generation requests by endpoint and outcome.",
+            ["endpoint", "outcome"], registry=registry,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "inferag_generation_time_to_first_token_seconds", "Time from request to the first generated token.",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.e2e = Histogram(
+            "inferag_generation_request_seconds", "Time from request to the last token.",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.prompt_tokens = Counter("inferag_generation_prompt_tokens_total", "Prompt tokens.", registry=registry)
+        self.generated_tokens = Counter("inferag_generation_tokens_total", "Tokens generated.", registry=registry)
+        Gauge("inferag_generation_requests_running", "Requests being decoded by the engine.", registry=registry
+              ).set_function(lambda: engine.stats().running)  # fmt: skip
+        Gauge("inferag_generation_requests_waiting", "Requests queued in the engine.", registry=registry
+              ).set_function(lambda: engine.stats().waiting)  # fmt: skip
+        registry.register(_BatchCollector(engine))
+
+
+class _BatchCollector(Collector):
+    """Decode steps by batch size, as the engine counts them (shows that requests share batches)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "inferag_generation_decode_steps", "Engine decode steps by batch size.", labels=["batch_size"]
+        )
+        for size, steps in sorted(self.engine.stats().batch_sizes.items()):
+            family.add_metric([str(size)], steps)
+        yield family
+
+
+@dataclass
+class _Prepared:
+    request_id: str
+    prompt_ids: list[int]
+    options: list[SamplingOptions]  # one per choice
+    tools: list[Any] = field(default_factory=list)
+    forced_tool: bool = False
+
+
+@dataclass
+class _ChoiceState:
+    text: str = ""
+    token_ids: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    # streaming tool-call detection
+    carry: str = ""
+    tool_buffer: str | None = None
+
+
+class GenerationService:
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer: Any,
+        registry: CollectorRegistry,
+        *,
+        served_names: list[str] | None = None,
+        max_inflight: int = 256,
+        default_max_tokens: int | None = None,
+        model_details: dict[str, Any] | None = None,
+    ):
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.names = [engine.info.id, *(served_names or [])]
+        self.max_inflight = max_inflight
+        self.default_max_tokens = default_max_tokens
+        self.model_details = model_details or {}
+        self.metrics = GenerationMetrics(registry, engine)
+        self.inflight = 0
+        eos = getattr(tokenizer, "eos_token_id", None)
+        self._eos_ids = (eos,) if isinstance(eos, int) else ()
+
+    # ------------------------------------------------------------- models
+
+    def models(self) -> ModelList:
+        info = self.engine.info
+        return ModelList(
+            data=[
+                ModelCard(
+                    id=name,
+                    root=info.root,
+                    max_model_len=info.max_model_len,
+                    engine=info.engine,
+                    details={**info.extra, **self.model_details} or None,
+                )  # fmt: skip
+                for name in self.names
+            ]
+        )
+
+    def _check_model(self, model: str) -> None:
+        if model not in self.names:
+            raise ModelNotFound(model, self.names)
+
+    # ------------------------------------------------------------- chat
+
+    def render_chat(self, req: ChatCompletionRequest) -> tuple[list[int], list[Any], bool]:
+        """Chat template → prompt token ids; also which tools are active and whether one is forced."""
+        use_tools = bool(req.tools) and req.tool_choice != "none"
+        tools = list(req.tools or []) if use_tools else []
+        messages: list[dict[str, Any]] = []
+        for m in req.messages:
+            role = "system" if m.role == "developer" else m.role
+            content = toolfmt.render_tool_calls(m) if m.tool_calls else m.text()
+            messages.append({"role": role, "content": content})
+        template = getattr(self.tokenizer, "chat_template", None) or ""
+        kwargs: dict[str, Any] = {}
+        if tools:
+            if "tools" in template:
+                kwargs["tools"] = [t.model_dump(exclude_none=True) for t in tools]
+            else:
+                prompt = toolfmt.tools_system_prompt(tools)
+                if messages[0]["role"] == "system":
+                    messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{prompt}"}
+                else:
+                    messages.insert(0, {"role": "system", "content": prompt})
+        try:
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False, **kwargs
+            )
+        except Exception as exc:  # jinja errors: roles the template refuses, etc.
+            raise InvalidRequest(
+                f"messages could not be rendered by the chat template: {exc}", param="messages"
+            ) from exc
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        forced = use_tools and (req.tool_choice == "required" or not isinstance(req.tool_choice, str | None))
+        return list(ids), tools, forced
+
+    def _options(
+        self,
+        req: ChatCompletionRequest | CompletionRequest,
+        prompt_len: int,
+        max_tokens: int | None,
+        logprobs: int | None,
+        json_schema: dict[str, Any] | None,
+    ) -> list[SamplingOptions]:
+        limit = self.engine.info.max_model_len
+        if prompt_len >= limit:
+            raise InvalidRequest(
+                f"The prompt is {prompt_len} tokens; this model's context window is {limit} tokens.",
+                param="messages" if isinstance(req, ChatCompletionRequest) else "prompt",
+                code="context_length_exceeded",
+            )
+        if max_tokens is None:
+            max_tokens = limit - prompt_len
+            if self.default_max_tokens:
+                max_tokens = min(max_tokens, self.default_max_tokens)
+        elif prompt_len + max_tokens > limit:
+            raise InvalidRequest(
+                f"max_tokens is {max_tokens} and the prompt is {prompt_len} tokens; together they exceed "
+                f"this model's context window of {limit} tokens.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        if json_schema is not None and not self.engine.supports_json_schema:
+            raise InvalidRequest(
+                f"The {self.engine.info.engine} engine does not support structured output.", param="response_format"
+            )
+        top_k = req.top_k if req.top_k and req.top_k > 0 else 0
+        base = SamplingOptions(
+            max_tokens=max_tokens,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=top_k,
+            seed=req.seed,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            repetition_penalty=req.repetition_penalty or 1.0,
+            stop=tuple(req.stop_list()),
+            stop_token_ids=self._eos_ids,
+            logprobs=logprobs,
+            json_schema=json_schema,
+            ignore_eos=req.ignore_eos,
+        )
+        if req.n == 1:
+            return [base]
+        return [replace(base, seed=None if req.seed is None else req.seed + i) for i in range(req.n)]
+
+    def prepare_chat(self, req: ChatCompletionRequest) -> _Prepared:
+        self._check_model(req.model)
+        ids, tools, forced = self.render_chat(req)
+        schema: dict[str, Any] | None = None
+        if forced:
+            schema = toolfmt.forced_call_schema(tools, req.tool_choice)  # type: ignore[arg-type]
+        elif req.response_format is not None and req.response_format.type == "json_object":
+            schema = {"type": "object"}
+        elif req.response_format is not None and req.response_format.json_schema is not None:
+            schema = req.response_format.json_schema.schema_ or {"type": "object"}
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        options = self._options(req, len(ids), req.completion_limit(), logprobs, schema)
+        return _Prepared(f"chatcmpl-{uuid.uuid4().hex}", ids, options, tools, forced)
+
+    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
+        prep = self.prepare_chat(req)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return await self._prime(self._chat_stream(req, prep, include_usage), "chat")
+        states = await self._run_all(prep, "chat")
+        choices = []
+        for i, st in enumerate(states):
+            content: str | None = st.text
+            calls = None
+            finish = st.finish_reason
+            if prep.tools:
+                content, parsed = toolfmt.parse_tool_calls(st.text, forced=prep.forced_tool)
+                if parsed:
+                    calls, finish = parsed, "tool_calls"
+            choices.append(
+                ChatChoice(
+                    index=i,
+                    message=ResponseMessage(content=content, tool_calls=calls),
+                    logprobs=ChoiceLogprobs(content=_chat_logprobs(st.logprobs))
+                    if prep.options[i].logprobs is not None
+                    else None,
+                    finish_reason=finish,
+                )
+            )
+        return ChatCompletionResponse(id=prep.request_id, model=req.model, choices=choices, usage=_usage(states))
+
+    async def _chat_stream(
+        self, req: ChatCompletionRequest, prep: _Prepared, include_usage: bool
+    ) -> AsyncIterator[str]:
+        created = int(time.time())
+
+        def chunk(index: int, delta: ChatDelta, finish: str | None = None, logprobs: Any = None) -> str:
+            return sse_data(
+                ChatCompletionChunk(
+                    id=prep.request_id,
+                    created=created,
+                    model=req.model,
+                    choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)],
+                )  # fmt: skip
+            )
+
+        states = [_ChoiceState() for _ in prep.options]
+        for i in range(len(states)):
+            yield chunk(i, ChatDelta(role="assistant", content=""))
+        async for i, out in self._merged(prep, "chat"):
+            st = states[i]
+            _absorb(st, out)
+            lp = ChoiceLogprobs(content=_chat_logprobs(out.logprobs)) if out.logprobs else None
+            text = out.text
+            if prep.tools:
+                text = _tool_filter(st, text, prep.forced_tool)
+            if text or lp:
+                yield chunk(i, ChatDelta(content=text), logprobs=lp)
+            if out.finish_reason is not None:
+                finish: str = out.finish_reason
+                if prep.tools:
+                    rest, calls = _tool_finish(st, prep.forced_tool)
+                    if rest:
+                        yield chunk(i, ChatDelta(content=rest))
+                    if calls:
+                        finish = "tool_calls"
+                        deltas = [
+                            DeltaToolCall(index=k, id=c.id, type="function", function=c.function.model_dump())
+                            for k, c in enumerate(calls)
+                        ]
+                        yield chunk(i, ChatDelta(tool_calls=deltas))
+                yield chunk(i, ChatDelta(), finish=finish)
+        if include_usage:
+            yield sse_data(
+                ChatCompletionChunk(
+                    id=prep.request_id, created=created, model=req.model, choices=[], usage=_usage(states)
+                )
+            )
+        yield DONE
+
+    # ------------------------------------------------------------- completions
+
+    def prepare_completion(self, req: CompletionRequest) -> _Prepared:
+        self._check_model(req.model)
+        if isinstance(req.prompt, str):
+            ids = self.tokenizer.encode(req.prompt, add_special_tokens=False)
+        elif isinstance(req.prompt[0], str):
+            ids = self.tokenizer.encode(req.prompt[0], add_special_tokens=False)
+        else:
+            vocab = len(self.tokenizer)
+            if any(not 0 <= int(t) < vocab for t in req.prompt):
+                raise InvalidRequest(f"prompt token ids must be in [0, {vocab})", param="prompt")
+            ids = [int(t) for t in req.prompt]
+        if not ids:
+            raise InvalidRequest("prompt must not be empty", param="prompt")
+        options = self._options(req, len(ids), req.max_tokens or 16, req.logprobs, None)
+        return _Prepared(f"cmpl-{uuid.uuid4().hex}", ids, options)
+
+    async def completions(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
+        prep = self.prepare_completion(req)
+        echo = self.tokenizer.decode(prep.prompt_ids) if req.echo else ""
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return await self._prime(self._completion_stream(req, prep, echo, include_usage), "completions")
+        states = await self._run_all(prep, "completions")
+        return CompletionResponse(
+            id=prep.request_id,
+            model=req.model,
+            choices=[
+                CompletionChoice(
+                    index=i,
+                    text=echo + st.text,
+                    finish_reason=st.finish_reason,
+                    logprobs=_completion_logprobs(st.logprobs, len(echo)) if req.logprobs is not None else None,
+                )  # fmt: skip
+                for i, st in enumerate(states)
+            ],
+            usage=_usage(states),
+        )
+
+    async def _completion_stream(
+        self, req: CompletionRequest, prep: _Prepared, echo: str, include_usage: bool
+    ) -> AsyncIterator[str]:
+        created = int(time.time())
+        states = [_ChoiceState() for _ in prep.options]
+        sent_echo: set[int] = set()
+        async for i, out in self._merged(prep, "completions"):
+            _absorb(states[i], out)
+            text = out.text
+            if echo and i not in sent_echo:
+                text = echo + text
+                sent_echo.add(i)
+            choice = CompletionChoice(
+                index=i, text=text, finish_reason=out.finish_reason,
+                logprobs=_completion_logprobs(out.logprobs or [], 0) if req.logprobs is not None else None,
+            )  # fmt: skip
+            yield sse_data(CompletionResponse(id=prep.request_id, created=created, model=req.model, choices=[choice]))
+        if include_usage:
+            yield sse_data(
+                CompletionResponse(
+                    id=prep.request_id, created=created, model=req.model, choices=[], usage=_usage(states)
+                )
+            )
+        yield DONE
+
+    # ------------------------------------------------------------- engine plumbing
+
+    def _admit(self, n: int) -> None:
+        if self.inflight + n > self.max_inflight:
+            raise Overloaded(
+                f"The server is at capacity ({self.max_inflight} sequences in flight); retry shortly.", retry_after=1
+            )
+        self.inflight += n
+
+    async def _merged(self, prep: _Prepared, endpoint: str) -> AsyncIterator[tuple[int, GenerationChunk]]:
+        """Run every choice's engine stream concurrently and interleave their chunks.
+
+        Closing this iterator (client gone, error) cancels the engine streams,
+        which aborts the requests in the engine.
+        """
+        n = len(prep.options)
+        self._admit(n)
+        start = time.perf_counter()
+        first = True
+        outcome = "error"
+        queue: asyncio.Queue[tuple[int, GenerationChunk | BaseException | None]] = asyncio.Queue()
+
+        async def pump(i: int) -> None:
+            rid = prep.request_id if n == 1 else f"{prep.request_id}-{i}"
+            try:
+                async for out in self.engine.generate(rid, prep.prompt_ids, prep.options[i]):
+                    queue.put_nowait((i, out))
+                queue.put_nowait((i, None))
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                queue.put_nowait((i, exc))
+
+        tasks = [asyncio.create_task(pump(i)) for i in range(n)]
+        self.metrics.prompt_tokens.inc(len(prep.prompt_ids) * n)
+        try:
+            done = 0
+            while done < n:
+                i, item = await queue.get()
+                if item is None:
+                    done += 1
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                if first and item.token_ids:
+                    self.metrics.ttft.observe(time.perf_counter() - start)
+                    first = False
+                self.metrics.generated_tokens.inc(len(item.token_ids))
+                yield i, item
+            outcome = "ok"
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "aborted"
+            raise
+        finally:
+            for t in tasks:
+                t.cancel()
+            # Wait for the engine streams to unwind so their aborts reach the engine.
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*tasks, return_exceptions=True)
+            self.inflight -= n
+            self.metrics.e2e.observe(time.perf_counter() - start)
+            self.metrics.requests.labels(endpoint, outcome).inc()
+
+    async def _run_all(self, prep: _Prepared, endpoint: str) -> list[_ChoiceState]:
+        states = [_ChoiceState() for _ in prep.options]
+        async for i, out in self._merged(prep, endpoint):
+            _absorb(states[i], out)
+        return states
+
+    async def _prime(self, events: AsyncIterator[str], endpoint: str) -> AsyncIterator[str]:
+        """Start a stream and pull its first event, so admission errors become HTTP errors."""
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:
+            first = DONE
+        except BaseException:
+            await events.aclose()  # type: ignore[attr-defined]
+            raise
+
+        async def chained() -> AsyncIterator[str]:
+            try:
+                yield first
+                async for event in events:
+                    yield event
+            except Exception as exc:  # after headers went out: an error event, then the end
+                yield sse_error(exc)
+                yield DONE
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
+
+        return chained()
+
+
+# ------------------------------------------------------------- helpers
+
+
+def _absorb(st: _ChoiceState, out: GenerationChunk) -> None:
+    st.text += out.text
+    st.token_ids = out.completion_tokens
+    st.prompt_tokens = out.prompt_tokens
+    if out.logprobs:
+        st.logprobs.extend(out.logprobs)
+    if out.finish_reason is not None:
+        st.finish_reason = out.finish_reason
+
+
+def _usage(states: list[_ChoiceState]) -> Usage:
+    prompt = states[0].prompt_tokens if states else 0
+    completion = sum(s.token_ids for s in states)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def _chat_logprobs(items: list[TokenLogprob]) -> list[TokenLogprobOut]:
+    return [
+        TokenLogprobOut(
+            token=t.token,
+            logprob=t.logprob,
+            bytes=list(t.token.encode()),
+            top_logprobs=[TopLogprob(token=s, logprob=lp, bytes=list(s.encode())) for _, s, lp in t.top],
+        )  # fmt: skip
+        for t in items
+    ]
+
+
+def _completion_logprobs(items: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+    out = CompletionLogprobs()
+    for t in items:
+        out.tokens.append(t.token)
+        out.token_logprobs.append(t.logprob)
+        out.top_logprobs.append({s: lp for _, s, lp in t.top} or None)
+        out.text_offset.append(offset)
+        offset += len(t.token)
+    return out
+
+
+def _tool_filter(st: _ChoiceState, text: str, forced: bool) -> str:
+    """Pass content through while holding back anything that may be a tool call."""
+    if forced:
+        st.tool_buffer = (st.tool_buffer or "") + text
+        return ""
+    if st.tool_buffer is not None:
+        st.tool_buffer += text
+        return ""
+    pending = st.carry + text
+    at = pending.find(toolfmt.OPEN)
+    if at >= 0:
+        st.tool_buffer, st.carry = pending[at:], ""
+        return pending[:at]
+    keep = toolfmt.holdback(pending)
+    st.carry = pending[len(pending) - keep :]
+    return pending[: len(pending) - keep]
+
+
+def _tool_finish(st: _ChoiceState, forced: bool) -> tuple[str, list[Any]]:
+    if st.tool_buffer is None:
+        return st.carry, []
+    content, calls = toolfmt.parse_tool_calls(st.tool_buffer, forced=forced)
+    return (content or "") if not calls else "", calls

