@@ -24,14 +24,25 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running(
-    module: str, env: dict[str, str], *, port: int | None = None, ready_path: str = "/ready", timeout: float = 300
+    command: str | list[str],
+    env: dict[str, str],
+    *,
+    port: int | None = None,
+    ready_path: str = "/ready",
+    timeout: float = 300,
 ) -> Iterator[str]:
-    """Run `python -m module` with `env` added; yield its base URL once `ready_path` answers 200."""
+    """Run `python -m command` (or the argv list `command`) with `env` added.
+
+    Yields the base URL once `ready_path` answers 200; the process is stopped on exit.
+    Its output goes to data/logs/.
+    """
     port = port or free_port()
-    log = open(REPO_ROOT / "data" / f"server-{module.rsplit('.', 2)[-2]}-{port}.log", "wb")  # noqa: SIM115
+    (REPO_ROOT / "data" / "logs").mkdir(parents=True, exist_ok=True)
+    log = open(REPO_ROOT / "data" / "logs" / f"server-{port}.log", "wb")  # noqa: SIM115
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     full_env.setdefault("INFERAG_GEN_PORT", str(port))
-    args = [sys.executable, "-m", module] if "." in module else [sys.executable, module]
+    args = [sys.executable, "-m", command] if isinstance(command, str) else command
+    module = args[2] if isinstance(command, str) else " ".join(command[:3])
     proc = subprocess.Popen(args, env=full_env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -32,7 +32,7 @@ def build_engine(settings: GenerationSettings, model_path: str, model_id: str) -
             model_path,
             model_id=model_id,
             max_model_len=settings.max_model_len,
-            kv_cache_bytes=int(settings.kv_cache_gib * 2**30),
+            kv_cache_bytes=int(settings.kv_cache_gib * 2**30) if settings.kv_cache_gib else None,
             dtype=settings.dtype,
             max_num_seqs=settings.max_batch_size,
             gpu_memory_utilization=settings.gpu_memory_utilization,

@@ -225,7 +225,7 @@ class GenerationService:
             frequency_penalty=req.frequency_penalty,
             repetition_penalty=req.repetition_penalty or 1.0,
             stop=tuple(req.stop_list()),
-            stop_token_ids=self._eos_ids,
+            stop_token_ids=() if req.ignore_eos else self._eos_ids,
             logprobs=logprobs,
             json_schema=json_schema,
             ignore_eos=req.ignore_eos,

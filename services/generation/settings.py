@@ -33,7 +33,9 @@ class GenerationSettings(CommonSettings):
     dtype: str = Field("auto", description="auto: fp16/bf16 on GPU, fp32 on CPU.")
     device: str = Field("auto", description="transformers engine: auto, cpu or cuda.")
     num_threads: int | None = Field(None, description="torch intra-op threads on CPU; default: torch's choice.")
-    kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV cache size in GiB.")
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="vLLM: KV cache size in GiB; default 1 on CPU, gpu_memory_utilization on GPU."
+    )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM on GPU: share of GPU memory to use.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs one model is split across.")
     quantization: str | None = Field(None, description="vLLM: quantization method passed through (fp8, awq...).")

