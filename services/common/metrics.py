@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 
 from fastapi import FastAPI, Response
@@ -14,7 +15,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 
 
 class HttpMetrics:
-    def __init__(self, registry: CollectorRegistry, service: str):
+    def __init__(self, registry: CollectorRegistry):
         self.requests = Counter(
             "inferag_http_requests_total",
             "HTTP requests by route and status.",
@@ -28,15 +29,15 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.service = service
 
 
 class _MetricsMiddleware:
     """Pure ASGI (not BaseHTTPMiddleware), so streaming and disconnects pass through untouched."""
 
-    def __init__(self, app: ASGIApp, metrics: HttpMetrics):
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics, service: str):
         self.app = app
         self.metrics = metrics
+        self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,7 +51,7 @@ class _MetricsMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 route = getattr(scope.get("route"), "path", "unmatched")
-                self.metrics.latency.labels(self.metrics.service, scope["method"], route).observe(
+                self.metrics.latency.labels(self.service, scope["method"], route).observe(
                     time.perf_counter() - start
                 )
             await send(message)
@@ -59,13 +60,22 @@ class _MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(self.metrics.service, scope["method"], route, str(status)).inc()
+            self.metrics.requests.labels(self.service, scope["method"], route, str(status)).inc()
+
+
+_HTTP_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, HttpMetrics] = weakref.WeakKeyDictionary()
 
 
 def install_metrics(app: FastAPI, registry: CollectorRegistry, service: str) -> HttpMetrics:
-    """Count every request by its route template (not its raw path) and expose /metrics."""
-    metrics = HttpMetrics(registry, service)
-    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    """Count every request by its route template (not its raw path) and expose /metrics.
+
+    Several services may share one registry (the one-process gateway): they then share
+    the HTTP counters, told apart by the `service` label.
+    """
+    metrics = _HTTP_METRICS.get(registry)
+    if metrics is None:
+        metrics = _HTTP_METRICS[registry] = HttpMetrics(registry)
+    app.add_middleware(_MetricsMiddleware, metrics=metrics, service=service)
 
     async def _metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

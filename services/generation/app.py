@@ -73,9 +73,10 @@ async def load_service(settings: GenerationSettings, registry: CollectorRegistry
     )
 
 
-def build_app(settings: GenerationSettings | None = None) -> FastAPI:
+def build_app(settings: GenerationSettings | None = None, registry: CollectorRegistry | None = None) -> FastAPI:
+    """The service as an ASGI app; `registry` lets the gateway share one metrics registry."""
     settings = settings or GenerationSettings()
-    registry = CollectorRegistry()
+    registry = registry or CollectorRegistry()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
