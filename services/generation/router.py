@@ -17,11 +17,11 @@ from .protocol import ChatCompletionRequest, ChatCompletionResponse, CompletionR
 from .serving import GenerationService
 
 
-def _require_key(request: Request) -> None:
+async def _require_key(request: Request) -> None:
     check_api_key(request, request.app.state.settings.api_key)
 
 
-def get_service(request: Request) -> GenerationService:
+async def get_service(request: Request) -> GenerationService:
     service: GenerationService | None = request.app.state.generation
     if service is None:
         error = request.app.state.load_error

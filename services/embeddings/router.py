@@ -1,0 +1,100 @@
+"""HTTP routes of the embeddings service: they only turn the serving layer's results into responses."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from services.common.auth import check_api_key
+from services.common.errors import NotReady, error_body
+from services.common.http import cancel_on_disconnect
+
+from .protocol import (
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelList,
+    RerankRequest,
+    RerankResponse,
+    SparseEmbeddingRequest,
+    SparseEmbeddingResponse,
+)
+from .serving import EmbeddingsService
+
+
+# Dependencies are `async def`: FastAPI runs plain `def` ones on its thread pool, a thread hop per request.
+async def _require_key(request: Request) -> None:
+    check_api_key(request, request.app.state.settings.api_key)
+
+
+async def get_service(request: Request) -> EmbeddingsService:
+    service: EmbeddingsService | None = request.app.state.embeddings
+    if service is None:
+        error = request.app.state.load_error
+        raise NotReady(f"The models failed to load: {error}" if error else "The models are still loading.")
+    return service
+
+
+Service = Annotated[EmbeddingsService, Depends(get_service)]
+
+router = APIRouter(dependencies=[Depends(_require_key)])
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Invalid request (OpenAI error body)."},
+    404: {"description": "Unknown model."},
+    429: {"description": "Queue full; see Retry-After."},
+    503: {"description": "Models not loaded yet."},
+}
+
+
+def _json(result: BaseModel) -> Response:
+    # pydantic's serializer writes thousands of floats much faster than json.dumps
+    return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=_RESPONSES, tags=["openai"])
+async def embeddings(body: EmbeddingRequest, request: Request, service: Service) -> Response:
+    """OpenAI embeddings: texts or token arrays in, float or base64 vectors out."""
+    return _json(await cancel_on_disconnect(request, service.embed(body)))
+
+
+@router.post("/v1/rerank", response_model=RerankResponse, responses=_RESPONSES, tags=["rerank"])
+async def rerank(body: RerankRequest, request: Request, service: Service) -> Response:
+    """Cohere/Jina rerank: documents scored against the query, best first."""
+    return _json(await cancel_on_disconnect(request, service.rerank(body)))
+
+
+@router.post("/rerank", response_model=RerankResponse, responses=_RESPONSES, tags=["rerank"])
+async def rerank_alias(body: RerankRequest, request: Request, service: Service) -> Response:
+    """Same request and response as /v1/rerank."""
+    return await rerank(body, request, service)
+
+
+@router.post("/v1/sparse-embeddings", response_model=SparseEmbeddingResponse, responses=_RESPONSES, tags=["sparse"])
+async def sparse_embeddings(body: SparseEmbeddingRequest, request: Request, service: Service) -> Response:
+    """SPLADE sparse vectors ({indices, values} over the vocabulary) for hybrid search."""
+    return _json(await cancel_on_disconnect(request, service.sparse(body)))
+
+
+@router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True, tags=["openai"])
+async def models(service: Service) -> ModelList:
+    """Served models with their dimension, input limit and truncation rule."""
+    return service.models()
+
+
+@router.get("/health", tags=["ops"])
+async def health() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", tags=["ops"], responses={503: {"description": "Models not loaded yet."}})
+async def ready(request: Request) -> Response:
+    """Readiness: every configured model is loaded."""
+    if request.app.state.embeddings is None:
+        error = request.app.state.load_error
+        message = f"models failed to load: {error}" if error else "models loading"
+        return JSONResponse(error_body(message, "service_unavailable", code="not_ready"), status_code=503)
+    return JSONResponse({"status": "ready"})
