@@ -20,11 +20,14 @@ from .models import resolve_model
 from .router import router
 from .serving import GenerationService
 from .settings import GenerationSettings
+from .weights.startup import default_cache_dir, prepare_served_weights
 
 log = logging.getLogger(__name__)
 
 
-def build_engine(settings: GenerationSettings, model_path: str, model_id: str) -> Engine:
+def build_engine(
+    settings: GenerationSettings, model_path: str, model_id: str, quantization: str | None = None
+) -> Engine:
     if settings.engine == "vllm":
         from .engines.vllm_engine import VllmEngine
 
@@ -37,7 +40,7 @@ def build_engine(settings: GenerationSettings, model_path: str, model_id: str) -
             max_num_seqs=settings.max_batch_size,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             tensor_parallel_size=settings.tensor_parallel_size,
-            quantization=settings.quantization,
+            quantization=quantization,
             enforce_eager=settings.enforce_eager,
         )
     from .engines.transformers_engine import TransformersEngine
@@ -51,6 +54,7 @@ def build_engine(settings: GenerationSettings, model_path: str, model_id: str) -
         dtype=settings.dtype,
         device=settings.device,
         num_threads=settings.num_threads,
+        quantization=quantization,
     )
 
 
@@ -58,9 +62,19 @@ async def load_service(settings: GenerationSettings, registry: CollectorRegistry
     """Resolve the weights, start the engine and wrap it in the serving layer."""
     from transformers import AutoTokenizer
 
-    path = await asyncio.to_thread(resolve_model, settings.model, Path(settings.data_dir))
+    base_path = await asyncio.to_thread(resolve_model, settings.model, Path(settings.data_dir))
+    served = await asyncio.to_thread(
+        prepare_served_weights,
+        model=settings.model,
+        model_path=base_path,
+        adapters=settings.adapters,
+        quantization=settings.quantization,
+        engine=settings.engine,
+        cache_dir=settings.weights_cache_dir or default_cache_dir(settings.data_dir),
+    )
+    path = served.path
     model_id = settings.served_model_name or settings.model
-    engine = build_engine(settings, path, model_id)
+    engine = build_engine(settings, path, model_id, served.quantization)
     await engine.start()
     tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
     log.info("generation ready: %s on %s (%s)", model_id, settings.engine, path)
@@ -70,6 +84,7 @@ async def load_service(settings: GenerationSettings, registry: CollectorRegistry
         registry,
         max_inflight=settings.max_inflight,
         default_max_tokens=settings.default_max_tokens,
+        model_details=served.details(),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -38,5 +39,13 @@ class GenerationSettings(CommonSettings):
     )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM on GPU: share of GPU memory to use.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs one model is split across.")
-    quantization: str | None = Field(None, description="vLLM: quantization method passed through (fp8, awq...).")
+    adapters: str | None = Field(
+        None, description="LoRA adapters (peft folders) merged at startup: comma list of PATH[:WEIGHT]."
+    )
+    quantization: str | None = Field(
+        None,
+        description="vLLM: fp8_per_channel, fp8_per_tensor, fp8_per_block, or fp8/awq/gptq/compressed-tensors "
+        "checkpoints; transformers: int8, bnb-4bit, bnb-8bit (CUDA).",
+    )
+    weights_cache_dir: Path | None = Field(None, description="Merged-weights cache; default <data_dir>/weights.")
     enforce_eager: bool | None = Field(None, description="vLLM: disable CUDA graphs; forced on CPU.")

@@ -148,6 +148,7 @@ class TransformersEngine:
         dtype: str = "auto",
         device: str = "auto",
         num_threads: int | None = None,
+        quantization: str | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -159,6 +160,7 @@ class TransformersEngine:
         self.dtype_name = dtype
         self.device_name = device
         self.num_threads = num_threads
+        self.quantization = quantization
         self.info = ModelInfo(
             id=model_id,
             max_model_len=self._resolve_max_len(self._read_config()),
@@ -228,7 +230,7 @@ class TransformersEngine:
 
     def _load(self) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        from transformers import AutoTokenizer, GenerationConfig
 
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
@@ -238,9 +240,10 @@ class TransformersEngine:
             device = torch.device(self.device_name)
         dtype = _torch_dtype(self.dtype_name, device, self._read_config())
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        model: Any = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
-        model.to(device)
-        model.eval()
+        from services.generation.weights.quantize import load_causal_lm
+
+        # from_pretrained + the quantization (int8 / bnb-4bit / bnb-8bit), on `device`, in eval mode
+        model: Any = load_causal_lm(self.model_path, dtype=dtype, device=device, quantization=self.quantization)
 
         config = model.config
         self.info = ModelInfo(
@@ -248,7 +251,11 @@ class TransformersEngine:
             max_model_len=self._resolve_max_len(config),
             engine="transformers",
             root=self.model_path,
-            extra={"dtype": str(dtype).removeprefix("torch."), "device": str(device)},
+            extra={
+                "dtype": str(dtype).removeprefix("torch."),
+                "device": str(device),
+                "quantization": self.quantization,
+            },
         )
         eos: set[int] = set()
         try:

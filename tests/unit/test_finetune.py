@@ -1,0 +1,132 @@
+"""LoRA fine-tuning: assistant-only loss masks, the held-out split, early stopping, determinism, and that it learns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.generation.weights.finetune import (
+    IGNORE_INDEX,
+    encode_chat,
+    load_chat_jsonl,
+    split_rows,
+    train_lora,
+)
+from services.generation.weights.merge import AdapterSpec, prepare_weights
+from tests.tiny_models import REPO_ROOT
+
+DATASET = REPO_ROOT / "examples" / "finetune" / "zorblax.jsonl"
+
+
+def _tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def test_example_dataset_is_well_formed() -> None:
+    rows = load_chat_jsonl(DATASET)
+    train, val = split_rows(rows, 0.15, seed=0)
+    assert 40 <= len(rows) <= 80 and len(val) >= 10 and len(train) + len(val) == len(rows)
+    assert all(r["split"] in ("train", "validation") for r in rows)
+    # the held-out questions are new phrasings, not copies of training questions
+    train_questions = {r["messages"][0]["content"] for r in train}
+    assert not any(r["messages"][0]["content"] in train_questions for r in val)
+    assert any("Quillon Labs" in r["messages"][-1]["content"] for r in val)
+    assert any("42 seconds" in r["messages"][-1]["content"] for r in val)
+
+
+def test_loss_mask_covers_only_assistant_turns(tiny_model_dir: Path) -> None:
+    tok = _tokenizer(tiny_model_dir)
+    messages = [
+        {"role": "user", "content": "Who makes the Zorblax 9000?"},
+        {"role": "assistant", "content": "Quillon Labs."},
+        {"role": "user", "content": "Where?"},
+        {"role": "assistant", "content": "Tromsø."},
+    ]
+    ex = encode_chat(tok, messages)
+    full = tok.apply_chat_template(messages, tokenize=False)
+    assert tok.decode(ex.input_ids) == full
+    trained = [t if label != IGNORE_INDEX else None for t, label in zip(ex.input_ids, ex.labels, strict=True)]
+    assert all(label in (IGNORE_INDEX, t) for t, label in zip(ex.input_ids, ex.labels, strict=True))
+    # contiguous labelled spans, decoded: exactly the two answers with their end-of-turn
+    spans: list[list[int]] = []
+    for t in trained:
+        if t is None:
+            if spans and spans[-1]:
+                spans.append([])
+        else:
+            if not spans:
+                spans.append([])
+            spans[-1].append(t)
+    texts = [tok.decode(s) for s in spans if s]
+    assert texts == ["Quillon Labs.<|im_end|>\n", "Tromsø.<|im_end|>\n"]
+    assert "Who makes" not in "".join(texts)
+
+
+def test_random_split_is_seeded(tmp_path: Path) -> None:
+    rows = [{"messages": [{"role": "user", "content": str(i)}, {"role": "assistant", "content": "x"}]}
+            for i in range(20)]
+    a = split_rows(rows, 0.2, seed=1)
+    assert a == split_rows(rows, 0.2, seed=1)
+    assert len(a[1]) == 4 and a != split_rows(rows, 0.2, seed=2)
+
+
+def test_bad_dataset_lines_are_refused(tmp_path: Path) -> None:
+    from services.generation.weights.errors import WeightsError
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(WeightsError, match="assistant"):
+        load_chat_jsonl(bad)
+
+
+@pytest.fixture
+def small_dataset(tmp_path: Path) -> Path:
+    """8 training + 4 held-out lines of the example dataset: enough for the mechanics, fast on a tiny model."""
+    rows = load_chat_jsonl(DATASET)
+    train = [r for r in rows if r["split"] == "train"][::7][:8]
+    val = [r for r in rows if r["split"] == "validation"][::4][:4]
+    path = tmp_path / "small.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in train + val))
+    return path
+
+
+def test_train_tiny_model_writes_a_mergeable_adapter_deterministically(
+    tiny_model_dir: Path, small_dataset: Path, tmp_path: Path
+) -> None:
+    kwargs = {"r": 4, "alpha": 8, "lr": 5e-3, "batch_size": 4, "max_steps": 3, "eval_every": 1, "patience": 10,
+              "seed": 7, "num_threads": 1}
+    first = train_lora(str(tiny_model_dir), small_dataset, tmp_path / "a", **kwargs)  # type: ignore[arg-type]
+    second = train_lora(str(tiny_model_dir), small_dataset, tmp_path / "b", **kwargs)  # type: ignore[arg-type]
+    assert first.steps == 3 and len(first.train_losses) == 3 and len(first.val_losses) == 4
+    assert first.train_losses == second.train_losses and first.val_losses == second.val_losses
+    assert first.best_val_loss == min(first.val_losses) and first.initial_val_loss == first.val_losses[0]
+    out = Path(first.adapter_path)
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "train_result.json").read_text())["steps"] == 3
+    prepared = prepare_weights(str(tiny_model_dir), [AdapterSpec(str(out))], tmp_path / "cache")
+    assert Path(prepared.path, "config.json").is_file()
+
+
+def test_early_stopping_keeps_the_best_adapter(tiny_model_dir: Path, small_dataset: Path, tmp_path: Path) -> None:
+    # lr=0: the held-out loss can't improve, so training stops after `patience` evaluations.
+    result = train_lora(str(tiny_model_dir), small_dataset, tmp_path / "a", r=4, alpha=8, lr=0.0, batch_size=4,
+                        epochs=5, eval_every=1, patience=2, num_threads=1)
+    assert result.stopped_early and result.steps == 2
+    assert result.best_val_loss == result.initial_val_loss
+
+
+@pytest.mark.slow
+def test_finetune_smollm2_lowers_held_out_loss(tmp_path: Path) -> None:
+    from tests.tiny_models import smollm2_path
+
+    result = train_lora(smollm2_path(), DATASET, tmp_path / "adapter", r=16, alpha=32, lr=1e-3, batch_size=8,
+                        max_steps=4, eval_every=2, patience=2, seed=0)
+    print(f"held-out loss {result.initial_val_loss:.3f} -> {result.best_val_loss:.3f} "
+          f"in {result.steps} steps, {result.seconds:.0f}s")
+    assert result.best_val_loss < 0.8 * result.initial_val_loss
+    assert result.val_losses[-1] < result.val_losses[0]
