@@ -51,9 +51,7 @@ class _MetricsMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 route = getattr(scope.get("route"), "path", "unmatched")
-                self.metrics.latency.labels(self.service, scope["method"], route).observe(
-                    time.perf_counter() - start
-                )
+                self.metrics.latency.labels(self.service, scope["method"], route).observe(time.perf_counter() - start)
             await send(message)
 
         try:

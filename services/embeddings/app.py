@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from services.common.errors import install_error_handlers
 from services.common.logging import setup_logging
-from services.common.metrics import install_metrics
+from services.common.service import build_service_app
 
 from .engines.base import resolve_device, resolve_dtype, set_threads
 from .engines.cross_encoder import CrossEncoderScorer
@@ -107,37 +104,10 @@ def build_app(settings: EmbeddingsSettings | None = None, registry: CollectorReg
     settings = settings or EmbeddingsSettings()
     registry = registry or CollectorRegistry()
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Load in the background so /health answers while the models load; /ready says when they are.
-        async def load() -> None:
-            try:
-                app.state.embeddings = await load_service(settings, registry)
-            except Exception as exc:
-                log.exception("model load failed")
-                app.state.load_error = exc
+    async def close(service: EmbeddingsService) -> None:
+        await service.stop()
 
-        task = asyncio.create_task(load())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            service: EmbeddingsService | None = app.state.embeddings
-            if service is not None:
-                await service.stop()
-                app.state.embeddings = None
-
-    app = FastAPI(title="inferag embeddings", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.embeddings = None
-    app.state.load_error = None
-
-    install_error_handlers(app)
-    install_metrics(app, registry, "embeddings")
-    app.include_router(router)
-    return app
+    return build_service_app("embeddings", settings, registry, lambda: load_service(settings, registry), close, router)
 
 
 def main() -> None:

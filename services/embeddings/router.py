@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel
 
-from services.common.auth import check_api_key
-from services.common.errors import NotReady, error_body
 from services.common.http import cancel_on_disconnect
+from services.common.service import loaded_service, require_key
 
 from .protocol import (
     EmbeddingRequest,
@@ -25,21 +24,14 @@ from .serving import EmbeddingsService
 
 
 # Dependencies are `async def`: FastAPI runs plain `def` ones on its thread pool, a thread hop per request.
-async def _require_key(request: Request) -> None:
-    check_api_key(request, request.app.state.settings.api_key)
-
-
 async def get_service(request: Request) -> EmbeddingsService:
-    service: EmbeddingsService | None = request.app.state.embeddings
-    if service is None:
-        error = request.app.state.load_error
-        raise NotReady(f"The models failed to load: {error}" if error else "The models are still loading.")
+    service: EmbeddingsService = loaded_service(request)
     return service
 
 
 Service = Annotated[EmbeddingsService, Depends(get_service)]
 
-router = APIRouter(dependencies=[Depends(_require_key)])
+router = APIRouter(dependencies=[Depends(require_key)])
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Invalid request (OpenAI error body)."},
@@ -82,19 +74,3 @@ async def sparse_embeddings(body: SparseEmbeddingRequest, request: Request, serv
 async def models(service: Service) -> ModelList:
     """Served models with their dimension, input limit and truncation rule."""
     return service.models()
-
-
-@router.get("/health", tags=["ops"])
-async def health() -> dict[str, str]:
-    """Liveness: the process answers."""
-    return {"status": "ok"}
-
-
-@router.get("/ready", tags=["ops"], responses={503: {"description": "Models not loaded yet."}})
-async def ready(request: Request) -> Response:
-    """Readiness: every configured model is loaded."""
-    if request.app.state.embeddings is None:
-        error = request.app.state.load_error
-        message = f"models failed to load: {error}" if error else "models loading"
-        return JSONResponse(error_body(message, "service_unavailable", code="not_ready"), status_code=503)
-    return JSONResponse({"status": "ready"})

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from services.common.errors import install_error_handlers
 from services.common.logging import setup_logging
-from services.common.metrics import install_metrics
+from services.common.service import build_service_app
 
 from .engines.base import Engine
 from .models import resolve_model
@@ -93,36 +90,10 @@ def build_app(settings: GenerationSettings | None = None, registry: CollectorReg
     settings = settings or GenerationSettings()
     registry = registry or CollectorRegistry()
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Load in the background so /health answers while the model loads; /ready says when it is done.
-        async def load() -> None:
-            try:
-                app.state.generation = await load_service(settings, registry)
-            except Exception as exc:
-                log.exception("model load failed")
-                app.state.load_error = exc
+    async def close(service: GenerationService) -> None:
+        await service.engine.stop()
 
-        task = asyncio.create_task(load())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            service: GenerationService | None = app.state.generation
-            if service is not None:
-                await service.engine.stop()
-
-    app = FastAPI(title="inferag generation", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.generation = None
-    app.state.load_error = None
-
-    install_error_handlers(app)
-    install_metrics(app, registry, "generation")
-    app.include_router(router)
-    return app
+    return build_service_app("generation", settings, registry, lambda: load_service(settings, registry), close, router)
 
 
 def main() -> None:

@@ -92,11 +92,13 @@ def quantize(
 
     m = normalize_method(method)
     if m != "int8":
-        raise _fail(WeightsError(
-            f"'{method}' is applied at load time, not written here: serve the unquantized (or merged) folder with "
-            f"INFERAG_GEN_QUANTIZATION={method} (bnb-4bit/bnb-8bit: transformers engine on CUDA; "
-            "fp8_per_channel and friends: vLLM engine)."
-        ))
+        raise _fail(
+            WeightsError(
+                f"'{method}' is applied at load time, not written here: serve the unquantized (or merged) folder with "
+                f"INFERAG_GEN_QUANTIZATION={method} (bnb-4bit/bnb-8bit: transformers engine on CUDA; "
+                "fp8_per_channel and friends: vLLM engine)."
+            )
+        )
     out = out.resolve()
     if out.exists() and any(out.iterdir()) and not force:
         raise _fail(WeightsError(f"{out} exists and is not empty (overwrite it with --force)."))
@@ -134,19 +136,34 @@ def describe(path: str | Path) -> dict[str, Any]:
     if (folder / "adapter_config.json").is_file():
         cfg = json.loads((folder / "adapter_config.json").read_text())
         info["kind"] = "lora-adapter"
-        info["adapter"] = {k: cfg.get(k) for k in ("base_model_name_or_path", "r", "lora_alpha", "target_modules",
-                                                   "use_dora", "use_rslora")}
+        info["adapter"] = {
+            k: cfg.get(k)
+            for k in ("base_model_name_or_path", "r", "lora_alpha", "target_modules", "use_dora", "use_rslora")
+        }
         result = folder / "train_result.json"
         if result.is_file():
             tr = json.loads(result.read_text())
-            info["training"] = {k: tr.get(k) for k in ("initial_val_loss", "best_val_loss", "steps", "epochs",
-                                                       "stopped_early", "seconds")}
+            info["training"] = {
+                k: tr.get(k)
+                for k in ("initial_val_loss", "best_val_loss", "steps", "epochs", "stopped_early", "seconds")
+            }
     if (folder / "config.json").is_file():
         cfg = json.loads((folder / "config.json").read_text())
         info["kind"] = "model"
-        info["config"] = {k: cfg.get(k) for k in ("architectures", "model_type", "hidden_size", "num_hidden_layers",
-                                                  "vocab_size", "dtype", "torch_dtype", "tie_word_embeddings")
-                          if cfg.get(k) is not None}
+        info["config"] = {
+            k: cfg.get(k)
+            for k in (
+                "architectures",
+                "model_type",
+                "hidden_size",
+                "num_hidden_layers",
+                "vocab_size",
+                "dtype",
+                "torch_dtype",
+                "tie_word_embeddings",
+            )
+            if cfg.get(k) is not None
+        }
         qc = cfg.get("quantization_config")
         marker = read_quantization_marker(folder)
         if marker is not None:
@@ -182,14 +199,30 @@ def describe(path: str | Path) -> dict[str, Any]:
         info["parameters_by_dtype"] = by_dtype
     manifest = read_manifest(folder)
     if manifest is not None:
-        info["merged"] = {"base": manifest.get("base"), "key": manifest.get("key"),
-                          "adapters": [{"path": a["path"], "weight": a["weight"], "r": a.get("r"),
-                                        "lora_alpha": a.get("lora_alpha")} for a in manifest.get("adapters", [])]}
+        info["merged"] = {
+            "base": manifest.get("base"),
+            "key": manifest.get("key"),
+            "adapters": [
+                {"path": a["path"], "weight": a["weight"], "r": a.get("r"), "lora_alpha": a.get("lora_alpha")}
+                for a in manifest.get("adapters", [])
+            ],
+        }
     return info
 
 
-_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I32": 4, "I64": 8,
-                "F64": 8, "BOOL": 1}
+_DTYPE_BYTES = {
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I8": 1,
+    "U8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I32": 4,
+    "I64": 8,
+    "F64": 8,
+    "BOOL": 1,
+}
 _NOT_LINEAR = ("embed", "lm_head", "wte", "wpe", "norm", "ln_")
 
 
@@ -230,7 +263,7 @@ def inspect(
 
 @app.command()
 def finetune(
-    dataset: Annotated[Path, typer.Argument(help="JSONL chat dataset: {\"messages\": [...]} per line.")],
+    dataset: Annotated[Path, typer.Argument(help='JSONL chat dataset: {"messages": [...]} per line.')],
     out: Annotated[Path, typer.Option("--out", "-o", help="Adapter folder to write.")],
     base: Annotated[str, typer.Option(help="Base model to adapt.")] = "smollm2-135m-instruct",
     epochs: Annotated[float, typer.Option(help="Passes over the training split (upper bound).")] = 4,
@@ -259,10 +292,24 @@ def finetune(
 
     try:
         result = train_lora(
-            _resolve(base, data_dir), dataset, out, r=r, alpha=alpha, dropout=dropout,
-            target_modules=[t.strip() for t in target_modules.split(",") if t.strip()], lr=lr, epochs=epochs,
-            batch_size=batch_size, max_grad_norm=max_grad_norm, val_fraction=val_fraction, patience=patience,
-            max_steps=max_steps, seed=seed, device=device, num_threads=threads, on_log=show,
+            _resolve(base, data_dir),
+            dataset,
+            out,
+            r=r,
+            alpha=alpha,
+            dropout=dropout,
+            target_modules=[t.strip() for t in target_modules.split(",") if t.strip()],
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            max_grad_norm=max_grad_norm,
+            val_fraction=val_fraction,
+            patience=patience,
+            max_steps=max_steps,
+            seed=seed,
+            device=device,
+            num_threads=threads,
+            on_log=show,
         )
     except WeightsError as exc:
         raise _fail(exc) from exc

@@ -148,8 +148,9 @@ def _loss_sum(model: Any, batch: Any, device: Any) -> tuple[Any, int]:
     ids, labels, mask = (t.to(device) for t in batch)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     target = labels[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return loss, int((target != IGNORE_INDEX).sum())
 
 
@@ -207,9 +208,30 @@ def train_lora(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
-    config = {k: v for k, v in locals().items() if k in {
-        "base", "r", "alpha", "dropout", "lr", "epochs", "batch_size", "max_grad_norm", "weight_decay",
-        "warmup_steps", "val_fraction", "patience", "min_delta", "eval_every", "max_steps", "seed", "max_length"}}
+    config = {
+        k: v
+        for k, v in locals().items()
+        if k
+        in {
+            "base",
+            "r",
+            "alpha",
+            "dropout",
+            "lr",
+            "epochs",
+            "batch_size",
+            "max_grad_norm",
+            "weight_decay",
+            "warmup_steps",
+            "val_fraction",
+            "patience",
+            "min_delta",
+            "eval_every",
+            "max_steps",
+            "seed",
+            "max_length",
+        }
+    }
     config["dataset"] = str(dataset_jsonl)
     config["target_modules"] = list(target_modules)
     emit = on_log or (lambda rec: log.info("finetune %s", rec))
@@ -218,8 +240,9 @@ def train_lora(
         torch.set_num_threads(num_threads)
     random.seed(seed)
     torch.manual_seed(seed)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     if dtype == "auto":
         tdtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     else:
@@ -235,8 +258,14 @@ def train_lora(
     model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=tdtype)
     model = model.to(dev)
     model.config.use_cache = False
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                      task_type="CAUSAL_LM", bias="none")
+    lora = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
     model = get_peft_model(model, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -278,7 +307,9 @@ def train_lora(
             step += 1
             train_losses.append(float(loss.detach()))
             record: dict[str, Any] = {
-                "step": step, "loss": round(train_losses[-1], 4), "grad_norm": round(float(grad_norm), 3)
+                "step": step,
+                "loss": round(train_losses[-1], 4),
+                "grad_norm": round(float(grad_norm), 3),
             }
             if val_batches and (step % eval_every == 0 or step == total_steps):
                 val = evaluate(model, val_batches, dev)

@@ -51,8 +51,14 @@ TRANSFORMERS_METHODS = ("int8", "bnb-4bit", "bnb-8bit")
 # Online vLLM methods: quantize an unquantized checkpoint while loading it (vllm/config/quantization.py
 # _ONLINE_SHORTHANDS; "online" takes a quantization_config). Only the fp8 ones have CPU kernels.
 VLLM_ONLINE_METHODS = (
-    "fp8_per_tensor", "fp8_per_channel", "fp8_per_block", "mxfp8", "mxfp4", "int8_per_channel_weight_only",
-    "nvfp4_per_token", "online",
+    "fp8_per_tensor",
+    "fp8_per_channel",
+    "fp8_per_block",
+    "mxfp8",
+    "mxfp4",
+    "int8_per_channel_weight_only",
+    "nvfp4_per_token",
+    "online",
 )
 _VLLM_CPU_ONLINE = ("fp8_per_tensor", "fp8_per_channel", "fp8_per_block")
 # vLLM methods that load checkpoints quantized beforehand (config.json's quantization_config).
@@ -274,8 +280,13 @@ def save_int8(model: nn.Module, out_dir: str | Path, modules: list[str]) -> Path
     if getattr(hf_model, "generation_config", None) is not None:
         hf_model.generation_config.save_pretrained(out)
     save_file(tensors, str(out / INT8_WEIGHTS), metadata={"format": "pt", "inferag": "int8"})
-    meta = {"method": "int8", "scheme": "weight-only, symmetric, per-output-channel", "modules": modules,
-            "aliases": aliases, "weights": INT8_WEIGHTS}
+    meta = {
+        "method": "int8",
+        "scheme": "weight-only, symmetric, per-output-channel",
+        "modules": modules,
+        "aliases": aliases,
+        "weights": INT8_WEIGHTS,
+    }
     (out / QUANT_MARKER).write_text(json.dumps(meta, indent=2))  # last: marks the folder complete
     return out
 
@@ -329,8 +340,11 @@ def check_transformers_quantization(method: str | None, *, has_cuda: bool | None
     if has_cuda is None:
         has_cuda = torch.cuda.is_available()
     if m not in TRANSFORMERS_METHODS:
-        hint = " (a vLLM method: set INFERAG_GEN_ENGINE=vllm)" if m in (*VLLM_ONLINE_METHODS,
-                                                                         *VLLM_CHECKPOINT_METHODS) else ""
+        hint = (
+            " (a vLLM method: set INFERAG_GEN_ENGINE=vllm)"
+            if m in (*VLLM_ONLINE_METHODS, *VLLM_CHECKPOINT_METHODS)
+            else ""
+        )
         raise UnsupportedQuantization(
             f"The transformers engine can't quantize with '{method}'{hint}. "
             f"It supports: {', '.join(TRANSFORMERS_METHODS)}."
@@ -352,7 +366,9 @@ def bnb_config(method: str, compute_dtype: torch.dtype = torch.float16) -> Any:
 
     if method == "bnb-4bit":
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute_dtype,
             bnb_4bit_use_double_quant=True,
         )
     return BitsAndBytesConfig(load_in_8bit=True)
@@ -482,7 +498,9 @@ def check_vllm_quantization(
     if not has_cuda and m == "fp8_per_channel":
         # vLLM 0.32 picks ChannelWiseTorchFP8ScaledMMLinearKernel here: torch._scaled_mm's CPU
         # reference path, about 8 s per token for SmolLM2-135M on 2 cores (measured).
-        log.warning("vLLM fp8_per_channel on the CPU answers, but its fp8 matmuls take torch's slow reference "
-                    "path: expect seconds per token. Serve unquantized weights or int8 on the transformers "
-                    "engine for speed.")
+        log.warning(
+            "vLLM fp8_per_channel on the CPU answers, but its fp8 matmuls take torch's slow reference "
+            "path: expect seconds per token. Serve unquantized weights or int8 on the transformers "
+            "engine for speed."
+        )
     return m

@@ -64,12 +64,18 @@ def prepare_served_weights(
         has_cuda = torch.cuda.is_available()
     specs = parse_adapters(adapters)
     if engine == "vllm":
-        method = check_vllm_quantization(quantization, has_cuda=has_cuda, model_path=model_path,
-                                         has_adapters=bool(specs))
+        method = check_vllm_quantization(
+            quantization, has_cuda=has_cuda, model_path=model_path, has_adapters=bool(specs)
+        )
     else:
         method = check_transformers_quantization(quantization, has_cuda=has_cuda)
     prepared = prepare_weights(model_path, specs, Path(cache_dir))
     if specs:
-        log.info("serving %s + %d adapter(s) from %s (%s)", model, len(specs), prepared.path,
-                 "cache hit" if prepared.cache_hit else "merged now")
+        log.info(
+            "serving %s + %d adapter(s) from %s (%s)",
+            model,
+            len(specs),
+            prepared.path,
+            "cache hit" if prepared.cache_hit else "merged now",
+        )
     return ServedWeights(path=prepared.path, prepared=prepared, quantization=method, engine=str(engine), model=model)
