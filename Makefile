@@ -25,7 +25,7 @@ run: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy services
+	$(BIN)/mypy services clients
 
 test: lint
 	$(BIN)/python -m pytest
