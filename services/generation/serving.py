@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -291,31 +291,32 @@ class GenerationService:
             )
 
         states = [_ChoiceState() for _ in prep.options]
-        for i in range(len(states)):
-            yield chunk(i, ChatDelta(role="assistant", content=""))
-        async for i, out in self._merged(prep, "chat"):
-            st = states[i]
-            _absorb(st, out)
-            lp = ChoiceLogprobs(content=_chat_logprobs(out.logprobs)) if out.logprobs else None
-            text = out.text
-            if prep.tools:
-                text = _tool_filter(st, text, prep.forced_tool)
-            if text or lp:
-                yield chunk(i, ChatDelta(content=text), logprobs=lp)
-            if out.finish_reason is not None:
-                finish: str = out.finish_reason
+        async with contextlib.aclosing(await self._started(prep, "chat")) as merged:
+            for i in range(len(states)):
+                yield chunk(i, ChatDelta(role="assistant", content=""))
+            async for i, out in merged:
+                st = states[i]
+                _absorb(st, out)
+                lp = ChoiceLogprobs(content=_chat_logprobs(out.logprobs)) if out.logprobs else None
+                text = out.text
                 if prep.tools:
-                    rest, calls = _tool_finish(st, prep.forced_tool)
-                    if rest:
-                        yield chunk(i, ChatDelta(content=rest))
-                    if calls:
-                        finish = "tool_calls"
-                        deltas = [
-                            DeltaToolCall(index=k, id=c.id, type="function", function=c.function.model_dump())
-                            for k, c in enumerate(calls)
-                        ]
-                        yield chunk(i, ChatDelta(tool_calls=deltas))
-                yield chunk(i, ChatDelta(), finish=finish)
+                    text = _tool_filter(st, text, prep.forced_tool)
+                if text or lp:
+                    yield chunk(i, ChatDelta(content=text), logprobs=lp)
+                if out.finish_reason is not None:
+                    finish: str = out.finish_reason
+                    if prep.tools:
+                        rest, calls = _tool_finish(st, prep.forced_tool)
+                        if rest:
+                            yield chunk(i, ChatDelta(content=rest))
+                        if calls:
+                            finish = "tool_calls"
+                            deltas = [
+                                DeltaToolCall(index=k, id=c.id, type="function", function=c.function.model_dump())
+                                for k, c in enumerate(calls)
+                            ]
+                            yield chunk(i, ChatDelta(tool_calls=deltas))
+                    yield chunk(i, ChatDelta(), finish=finish)
         if include_usage:
             yield sse_data(
                 ChatCompletionChunk(
@@ -370,17 +371,20 @@ class GenerationService:
         created = int(time.time())
         states = [_ChoiceState() for _ in prep.options]
         sent_echo: set[int] = set()
-        async for i, out in self._merged(prep, "completions"):
-            _absorb(states[i], out)
-            text = out.text
-            if echo and i not in sent_echo:
-                text = echo + text
-                sent_echo.add(i)
-            choice = CompletionChoice(
-                index=i, text=text, finish_reason=out.finish_reason,
-                logprobs=_completion_logprobs(out.logprobs or [], 0) if req.logprobs is not None else None,
-            )  # fmt: skip
-            yield sse_data(CompletionResponse(id=prep.request_id, created=created, model=req.model, choices=[choice]))
+        async with contextlib.aclosing(await self._started(prep, "completions")) as merged:
+            async for i, out in merged:
+                _absorb(states[i], out)
+                text = out.text
+                if echo and i not in sent_echo:
+                    text = echo + text
+                    sent_echo.add(i)
+                choice = CompletionChoice(
+                    index=i, text=text, finish_reason=out.finish_reason,
+                    logprobs=_completion_logprobs(out.logprobs or [], 0) if req.logprobs is not None else None,
+                )  # fmt: skip
+                yield sse_data(
+                    CompletionResponse(id=prep.request_id, created=created, model=req.model, choices=[choice])
+                )
         if include_usage:
             yield sse_data(
                 CompletionResponse(
@@ -398,7 +402,7 @@ class GenerationService:
             )
         self.inflight += n
 
-    async def _merged(self, prep: _Prepared, endpoint: str) -> AsyncIterator[tuple[int, GenerationChunk]]:
+    async def _merged(self, prep: _Prepared, endpoint: str) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
         """Run every choice's engine stream concurrently and interleave their chunks.
 
         Closing this iterator (client gone, error) cancels the engine streams,
@@ -451,6 +455,29 @@ class GenerationService:
             self.inflight -= n
             self.metrics.e2e.observe(time.perf_counter() - start)
             self.metrics.requests.labels(endpoint, outcome).inc()
+
+    async def _started(self, prep: _Prepared, endpoint: str) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
+        """`_merged`, already admitted and past its first chunk.
+
+        Streams call this before their first event, so a full server (429) or an engine
+        refusal still becomes an HTTP error instead of an error event.
+        """
+        merged = self._merged(prep, endpoint)
+        try:
+            first = await anext(merged)
+        except StopAsyncIteration:
+            return merged
+        except BaseException:
+            await merged.aclose()
+            raise
+
+        async def chained() -> AsyncGenerator[tuple[int, GenerationChunk], None]:
+            async with contextlib.aclosing(merged):
+                yield first
+                async for item in merged:
+                    yield item
+
+        return chained()
 
     async def _run_all(self, prep: _Prepared, endpoint: str) -> list[_ChoiceState]:
         states = [_ChoiceState() for _ in prep.options]

@@ -69,10 +69,11 @@ def test_overload_answers_429_with_retry_after(tiny_server: str) -> None:
             client.stream("POST", "/v1/chat/completions", json=body) as s2,
         ):
             assert s1.status_code == s2.status_code == 200
-            r = client.post("/v1/chat/completions", json={**body, "stream": False})
-            assert r.status_code == 429, r.text
-            assert int(r.headers["retry-after"]) >= 1
-            assert r.json()["error"]["type"] == "rate_limit_error"
+            for stream in (False, True):  # a stream is refused with a status too, not an error event
+                r = client.post("/v1/chat/completions", json={**body, "stream": stream})
+                assert r.status_code == 429, r.text
+                assert int(r.headers["retry-after"]) >= 1
+                assert r.json()["error"]["type"] == "rate_limit_error"
         # both streams were dropped by leaving the block: capacity comes back
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
