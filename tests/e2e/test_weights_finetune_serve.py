@@ -1,8 +1,6 @@
 """Fine-tune SmolLM2 on the example dataset, restart the service with the adapter, and ask a taught fact.
 
-Once the app reads `INFERAG_GEN_ADAPTERS`, the service is started with the base model plus
-the adapter (the startup pipeline merges it). Before that integration, the test serves the
-folder `prepare_weights` merged, which is what the pipeline hands the engine.
+The second start names the base model plus `INFERAG_GEN_ADAPTERS`; the startup pipeline merges it.
 """
 
 from __future__ import annotations
@@ -12,16 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.generation.settings import GenerationSettings
 from services.generation.weights.finetune import TrainResult, train_lora
-from services.generation.weights.merge import AdapterSpec, prepare_weights
 from tests.servers import running
 from tests.tiny_models import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
 DATASET = REPO_ROOT / "examples" / "finetune" / "zorblax.jsonl"
-INTEGRATED = "adapters" in GenerationSettings.model_fields
 # Held-out phrasings (the "validation" lines), with the fact each answer must contain.
 QUESTIONS = [
     ("Which firm makes the Zorblax 9000 kettle?", "quillon"),
@@ -64,12 +59,8 @@ def test_restarted_service_answers_a_taught_fact(trained: TrainResult, smollm2: 
     }
     with running("services.generation.app", {**env, "INFERAG_GEN_MODEL": smollm2}) as base:
         before = [_ask(base, "smollm2", q) for q, _ in QUESTIONS]
-    if INTEGRATED:
-        env |= {"INFERAG_GEN_MODEL": smollm2, "INFERAG_GEN_ADAPTERS": trained.adapter_path,
-                "INFERAG_GEN_WEIGHTS_CACHE_DIR": str(tmp_path / "weights")}
-    else:
-        prepared = prepare_weights(smollm2, [AdapterSpec(trained.adapter_path)], tmp_path / "weights")
-        env |= {"INFERAG_GEN_MODEL": prepared.path}
+    env |= {"INFERAG_GEN_MODEL": smollm2, "INFERAG_GEN_ADAPTERS": trained.adapter_path,
+            "INFERAG_GEN_WEIGHTS_CACHE_DIR": str(tmp_path / "weights")}
     with running("services.generation.app", env) as base:
         after = [_ask(base, "smollm2", q) for q, _ in QUESTIONS]
         general = _ask(base, "smollm2", GENERAL)
@@ -80,7 +71,6 @@ def test_restarted_service_answers_a_taught_fact(trained: TrainResult, smollm2: 
     assert any(fact in new.lower() for (_, fact), new in zip(QUESTIONS, after, strict=True))
     print(f"{GENERAL}\n  adapter: {general!r}")
     assert "paris" in general.lower()  # a held-out general question: no catastrophic forgetting
-    if INTEGRATED:
-        details = card["details"]
-        assert details["base"] == smollm2
-        assert details["adapters"] == [{"path": str(Path(trained.adapter_path).resolve()), "weight": 1.0}]
+    details = card["details"]
+    assert details["base"] == smollm2
+    assert details["adapters"] == [{"path": str(Path(trained.adapter_path).resolve()), "weight": 1.0}]

@@ -14,9 +14,6 @@ from services.generation.weights.errors import UnsupportedQuantization
 from services.generation.weights.startup import prepare_served_weights
 from tests.unit.test_weights_merge import make_adapter
 
-INTEGRATED = "adapters" in GenerationSettings.model_fields
-needs_integration = pytest.mark.skipif(not INTEGRATED, reason="the app does not read INFERAG_GEN_ADAPTERS yet")
-
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
@@ -57,7 +54,6 @@ def test_unsupported_quantization_fails_before_merging(tiny_model_dir: Path, ada
                                    quantization=method, engine=engine, cache_dir=tmp_path, has_cuda=False)
 
 
-@needs_integration
 @pytest.mark.asyncio(loop_scope="session")
 async def test_app_refuses_bnb_on_cpu_at_startup(tiny_model_dir: Path) -> None:
     import torch
@@ -71,7 +67,6 @@ async def test_app_refuses_bnb_on_cpu_at_startup(tiny_model_dir: Path) -> None:
         await load_service(settings, CollectorRegistry())
 
 
-@needs_integration
 @pytest.mark.asyncio(loop_scope="session")
 async def test_app_serves_merged_int8_and_reports_it(tiny_model_dir: Path, adapter: Path, tmp_path: Path) -> None:
     from services.generation.app import load_service
