@@ -113,8 +113,11 @@ def main() -> None:
 
     settings = GatewaySettings()
     setup_logging(settings.log_level, settings.log_json)
-    gen = GenerationSettings(api_key=settings.api_key, data_dir=settings.data_dir)
-    emb = EmbeddingsSettings(api_key=settings.api_key, data_dir=settings.data_dir)
+    # INFERAG_API_KEY / INFERAG_DATA_DIR, when given, apply to every service; a service's own
+    # INFERAG_GEN_* / INFERAG_EMB_* value is kept otherwise.
+    shared = {k: getattr(settings, k) for k in ("api_key", "data_dir") if k in settings.model_fields_set}
+    gen = GenerationSettings(**shared)
+    emb = EmbeddingsSettings(**shared)
     app = build_gateway(settings, gen, emb)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -240,3 +242,24 @@ async def test_missing_body_and_wrong_types(tiny_client: httpx.AsyncClient) -> N
 async def test_unknown_route_and_method(tiny_client: httpx.AsyncClient) -> None:
     assert_openai_error(await tiny_client.get("/v1/nothing"), 404)
     assert_openai_error(await tiny_client.get("/v1/chat/completions"), 405)
+
+
+async def test_api_key_required_when_configured(tiny_model_dir: Path) -> None:
+    from services.generation.app import build_app
+    from tests.conftest import tiny_settings
+
+    app = build_app(tiny_settings(tiny_model_dir, api_key="s3cret"))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/health")).status_code == 200
+            err = assert_openai_error(await client.get("/v1/models"), 401)
+            assert err["type"] == "authentication_error"
+            wrong = {"Authorization": "Bearer nope"}
+            assert_openai_error(await client.post("/v1/chat/completions", json={}, headers=wrong), 401)
+            for _ in range(300):
+                if (await client.get("/ready")).status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            ok = await client.get("/v1/models", headers={"Authorization": "Bearer s3cret"})
+            assert ok.status_code == 200
