@@ -11,21 +11,11 @@ import os
 import shutil
 from pathlib import Path
 
+from services.generation.weights.merge import TOKENIZER_FILES
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TOKENIZER_SRC = str(REPO_ROOT / "data" / "models" / "smollm2-135m-instruct")
 
-# Tokenizer files worth copying when present (the chat template included).
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "added_tokens.json",
-)
 
 
 def data_dir() -> Path:
@@ -57,7 +47,7 @@ def build_tiny_llama(path: Path, tokenizer_src: str | None = None, *, seed: int 
 
     src = Path(tokenizer_src)
     copied = False
-    for name in _TOKENIZER_FILES:
+    for name in TOKENIZER_FILES:  # generation_config.json is rewritten below
         if (src / name).is_file():
             shutil.copy2(src / name, path / name)
             copied = True
