@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
@@ -44,6 +44,8 @@ from .protocol import (
     TopLogprob,
     Usage,
 )
+
+T = TypeVar("T")
 
 
 class GenerationMetrics:
@@ -252,7 +254,7 @@ class GenerationService:
         prep = self.prepare_chat(req)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await self._prime(self._chat_stream(req, prep, include_usage), "chat")
+            return await self._prime(self._chat_stream(req, prep, include_usage))
         states = await self._run_all(prep, "chat")
         choices = []
         for i, st in enumerate(states):
@@ -277,7 +279,7 @@ class GenerationService:
 
     async def _chat_stream(
         self, req: ChatCompletionRequest, prep: _Prepared, include_usage: bool
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         created = int(time.time())
 
         def chunk(index: int, delta: ChatDelta, finish: str | None = None, logprobs: Any = None) -> str:
@@ -348,7 +350,7 @@ class GenerationService:
         echo = self.tokenizer.decode(prep.prompt_ids) if req.echo else ""
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await self._prime(self._completion_stream(req, prep, echo, include_usage), "completions")
+            return await self._prime(self._completion_stream(req, prep, echo, include_usage))
         states = await self._run_all(prep, "completions")
         return CompletionResponse(
             id=prep.request_id,
@@ -367,7 +369,7 @@ class GenerationService:
 
     async def _completion_stream(
         self, req: CompletionRequest, prep: _Prepared, echo: str, include_usage: bool
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         created = int(time.time())
         states = [_ChoiceState() for _ in prep.options]
         sent_echo: set[int] = set()
@@ -462,22 +464,7 @@ class GenerationService:
         Streams call this before their first event, so a full server (429) or an engine
         refusal still becomes an HTTP error instead of an error event.
         """
-        merged = self._merged(prep, endpoint)
-        try:
-            first = await anext(merged)
-        except StopAsyncIteration:
-            return merged
-        except BaseException:
-            await merged.aclose()
-            raise
-
-        async def chained() -> AsyncGenerator[tuple[int, GenerationChunk], None]:
-            async with contextlib.aclosing(merged):
-                yield first
-                async for item in merged:
-                    yield item
-
-        return chained()
+        return await _peeked(self._merged(prep, endpoint))
 
     async def _run_all(self, prep: _Prepared, endpoint: str) -> list[_ChoiceState]:
         states = [_ChoiceState() for _ in prep.options]
@@ -485,31 +472,43 @@ class GenerationService:
             _absorb(states[i], out)
         return states
 
-    async def _prime(self, events: AsyncIterator[str], endpoint: str) -> AsyncIterator[str]:
-        """Start a stream and pull its first event, so admission errors become HTTP errors."""
-        try:
-            first = await anext(events)
-        except StopAsyncIteration:
-            first = DONE
-        except BaseException:
-            await events.aclose()  # type: ignore[attr-defined]
-            raise
+    async def _prime(self, events: AsyncGenerator[str, None]) -> AsyncIterator[str]:
+        """Pull a stream's first event now, so admission errors become HTTP errors;
+        an error after that (headers sent) becomes an error event, then the end."""
+        started = await _peeked(events)
 
-        async def chained() -> AsyncIterator[str]:
-            try:
-                yield first
-                async for event in events:
-                    yield event
-            except Exception as exc:  # after headers went out: an error event, then the end
-                yield sse_error(exc)
-                yield DONE
-            finally:
-                await events.aclose()  # type: ignore[attr-defined]
+        async def with_error_event() -> AsyncIterator[str]:
+            async with contextlib.aclosing(started):
+                try:
+                    async for event in started:
+                        yield event
+                except Exception as exc:
+                    yield sse_error(exc)
+                    yield DONE
 
-        return chained()
+        return with_error_event()
 
 
 # ------------------------------------------------------------- helpers
+
+
+async def _peeked(source: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+    """Pull `source`'s first item now (its errors raise here) and return a generator of all items."""
+    try:
+        first = await anext(source)
+    except StopAsyncIteration:
+        return source
+    except BaseException:
+        await source.aclose()
+        raise
+
+    async def chained() -> AsyncGenerator[T, None]:
+        async with contextlib.aclosing(source):
+            yield first
+            async for item in source:
+                yield item
+
+    return chained()
 
 
 def _absorb(st: _ChoiceState, out: GenerationChunk) -> None:
