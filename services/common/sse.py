@@ -20,11 +20,6 @@ def sse_data(payload: BaseModel | dict[str, Any]) -> str:
     return f"data: {text}\n\n"
 
 
-def sse_event(event: str, payload: BaseModel | dict[str, Any]) -> str:
-    """A typed event (`event: name`), for the non-OpenAI streams of the RAG API."""
-    return f"event: {event}\n{sse_data(payload)}"
-
-
 def sse_response(events: AsyncIterator[str]) -> EventSourceResponse:
     """Stream pre-encoded SSE strings with sse-starlette.
 

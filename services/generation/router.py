@@ -26,7 +26,7 @@ Service = Annotated[GenerationService, Depends(get_service)]
 router = APIRouter(dependencies=[Depends(require_key)])
 
 
-async def _respond(request: Request, result: Any) -> Response:
+def _respond(result: Any) -> Response:
     if isinstance(result, AsyncIterator):
         return sse_response(result)
     return JSONResponse(result.model_dump(exclude_none=True))
@@ -43,7 +43,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_RESPONSES, tags=["openai"])
 async def chat_completions(body: ChatCompletionRequest, request: Request, service: Service) -> Response:
     """OpenAI chat completions; `stream: true` answers with server-sent events."""
-    return await _respond(request, await cancel_on_disconnect(request, service.chat(body)))
+    return _respond(await cancel_on_disconnect(request, service.chat(body)))
 
 
 @router.post("/v1/chat", response_model=ChatCompletionResponse, responses=_RESPONSES, tags=["openai"])
@@ -55,7 +55,7 @@ async def chat(body: ChatCompletionRequest, request: Request, service: Service) 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=_RESPONSES, tags=["openai"])
 async def completions(body: CompletionRequest, request: Request, service: Service) -> Response:
     """OpenAI (legacy) text completions."""
-    return await _respond(request, await cancel_on_disconnect(request, service.completions(body)))
+    return _respond(await cancel_on_disconnect(request, service.completions(body)))
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["openai"])

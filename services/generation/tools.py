@@ -87,10 +87,6 @@ def parse_tool_calls(text: str, *, forced: bool = False) -> tuple[str | None, li
     return content or None, calls
 
 
-def known_names(tools: list[Tool]) -> set[str]:
-    return {t.function.name for t in tools}
-
-
 def holdback(text: str) -> int:
     """Length of the tail of `text` that could be the start of a tool call tag."""
     for n in range(min(len(OPEN) - 1, len(text)), 0, -1):
