@@ -8,11 +8,12 @@ per rerank) are checked by the serving layer. Unknown fields are accepted and ig
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from services.common.protocol import ModelCardBase
 
 from .settings import OPENAI_MAX_INPUTS
 
@@ -179,12 +180,7 @@ class RerankResponse(BaseModel):
 # ---------------------------------------------------------------- models
 
 
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    owned_by: str = "inferag"
-    root: str | None = None
+class ModelCard(ModelCardBase):
     capabilities: list[Capability]
     dimension: int | None = Field(None, description="Dense embedding size; sparse models: the vocabulary size.")
     max_input_tokens: int

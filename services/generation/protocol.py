@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.common.protocol import ModelCardBase
+
 
 def _id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
@@ -272,12 +274,7 @@ class CompletionResponse(BaseModel):
     usage: Usage | None = None
 
 
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    owned_by: str = "inferag"
-    root: str | None = None
+class ModelCard(ModelCardBase):
     max_model_len: int | None = None
     engine: str | None = None
     details: dict[str, Any] | None = None
