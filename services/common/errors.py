@@ -47,6 +47,12 @@ class Unauthorized(InferagError):
     code = "invalid_api_key"
 
 
+class Forbidden(InferagError):
+    status_code = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
 class NotFound(InferagError):
     status_code = 404
     type = "not_found_error"
@@ -58,6 +64,24 @@ class ModelNotFound(NotFound):
     def __init__(self, model: str, available: list[str] | None = None):
         hint = f" Available: {', '.join(available)}." if available else ""
         super().__init__(f"The model '{model}' does not exist.{hint}", param="model")
+
+
+class Conflict(InferagError):
+    status_code = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class PayloadTooLarge(InferagError):
+    status_code = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(InferagError):
+    status_code = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
 
 
 class Overloaded(InferagError):

@@ -1,0 +1,1 @@
+"""The RAG orchestrator: chunking, ingestion, the Qdrant store, retrieval, answers with citations, agents."""
