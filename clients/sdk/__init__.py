@@ -1,0 +1,72 @@
+"""Python SDK of the inferag stack: `InferagClient` (sync) and `AsyncInferagClient` over httpx.
+
+    from clients.sdk import InferagClient
+    with InferagClient() as client:            # INFERAG_BASE_URL / INFERAG_API_KEY from the environment
+        client.documents.ingest("notes", ["Qdrant stores the vectors."])
+        print(client.query("Where are vectors stored?", collection="notes").answer)
+
+Chat and embeddings are the OpenAI API: use the official `openai` package
+(`openai.OpenAI(**client.openai_options())`).
+"""
+
+from .async_client import AsyncInferagClient, AsyncStream
+from .client import InferagClient, Stream
+from .errors import (
+    AuthenticationError,
+    BadRequest,
+    Conflict,
+    ConnectionFailed,
+    InferagError,
+    InternalServerError,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from .events import (
+    AgentEvent,
+    CitationsEvent,
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    QueryEvent,
+    RetrievalEvent,
+    ThoughtEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+    UnknownEvent,
+)
+
+__all__ = [
+    "AgentEvent",
+    "AsyncInferagClient",
+    "AsyncStream",
+    "AuthenticationError",
+    "BadRequest",
+    "CitationsEvent",
+    "Conflict",
+    "ConnectionFailed",
+    "DeltaEvent",
+    "DoneEvent",
+    "ErrorEvent",
+    "Event",
+    "InferagClient",
+    "InferagError",
+    "InternalServerError",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "QueryEvent",
+    "RateLimited",
+    "RetrievalEvent",
+    "ServiceUnavailable",
+    "Stream",
+    "ThoughtEvent",
+    "ToolCallEvent",
+    "ToolResultEvent",
+    "UnknownEvent",
+    "UnsupportedMediaType",
+]

@@ -1,0 +1,320 @@
+"""The asynchronous client: `AsyncInferagClient`, the same surface as `InferagClient` with `await`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from services.rag.protocol import (
+    ChunkResponse,
+    CollectionList,
+    Deleted,
+    DocumentDetail,
+    DocumentList,
+    IngestResult,
+    Job,
+    JobList,
+    QueryResponse,
+    RerankResponse,
+    RetrieveResponse,
+)
+from services.rag.types import CollectionInfo, Hit
+
+from . import _core
+from ._core import Call, ClientBase, DocumentLike, FileLike, MessageLike, error_from_response
+from .errors import ConnectionFailed, error_for_body
+from .events import ErrorEvent, Event, SSEDecoder, parse_event
+from .models import AgentResponse, Health, ModelList, Readiness
+
+T = TypeVar("T")
+
+
+class AsyncStream:
+    """Typed events of one streaming answer: `async for event in stream`; `async with` closes it early."""
+
+    def __init__(self, response: httpx.Response):
+        self.response = response
+        self._events = self._iterate()
+
+    async def _iterate(self) -> AsyncGenerator[Event, None]:
+        try:
+            async for name, data in SSEDecoder().aevents(self.response.aiter_lines()):
+                if data.strip() == "[DONE]":
+                    break
+                event = parse_event(name, data)
+                if isinstance(event, ErrorEvent):
+                    raise error_for_body({"error": event.error})
+                yield event
+        finally:
+            await self.response.aclose()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events
+
+    async def __anext__(self) -> Event:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+        await self.response.aclose()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncCollections:
+    def __init__(self, client: AsyncInferagClient):
+        self._c = client
+
+    async def list(self) -> CollectionList:
+        return await self._c._request(_core.list_collections())
+
+    async def create(self, name: str) -> CollectionInfo:
+        return await self._c._request(_core.create_collection(name))
+
+    async def get(self, name: str) -> CollectionInfo:
+        return await self._c._request(_core.get_collection(name))
+
+    async def delete(self, name: str) -> Deleted:
+        return await self._c._request(_core.delete_collection(name))
+
+
+class AsyncDocuments:
+    def __init__(self, client: AsyncInferagClient):
+        self._c = client
+
+    async def ingest(
+        self,
+        collection: str,
+        documents: DocumentLike | Sequence[DocumentLike],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        chunking: Mapping[str, Any] | None = None,
+        background: bool | None = None,
+    ) -> IngestResult | Job:
+        call = _core.ingest(collection, documents, metadata=metadata, chunking=chunking, background=background)
+        return await self._c._request(call)
+
+    async def upload(
+        self,
+        collection: str,
+        paths: FileLike | Sequence[FileLike],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        chunking: Mapping[str, Any] | None = None,
+        background: bool | None = None,
+    ) -> IngestResult | Job:
+        # Reading the files blocks: off the event loop.
+        call = await asyncio.to_thread(
+            _core.upload, collection, paths, metadata=metadata, chunking=chunking, background=background
+        )
+        return await self._c._request(call)
+
+    async def list(self, collection: str, *, limit: int | None = None, offset: int | None = None) -> DocumentList:
+        return await self._c._request(_core.list_documents(collection, limit, offset))
+
+    async def get(self, collection: str, doc_id: str) -> DocumentDetail:
+        return await self._c._request(_core.get_document(collection, doc_id))
+
+    async def delete(self, collection: str, doc_id: str) -> Deleted:
+        return await self._c._request(_core.delete_document(collection, doc_id))
+
+
+class AsyncJobs:
+    def __init__(self, client: AsyncInferagClient):
+        self._c = client
+
+    async def get(self, job_id: str) -> Job:
+        return await self._c._request(_core.get_job(job_id))
+
+    async def list(self) -> JobList:
+        return await self._c._request(_core.list_jobs())
+
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        on_progress: Callable[[Job], object] | Callable[[Job], Awaitable[object]] | None = None,
+        poll_interval: float = 0.5,
+        timeout: float | None = None,  # noqa: ASYNC109 (the same surface as the sync client)
+    ) -> Job:
+        """Poll until the job has finished; `on_progress` (plain or async) sees every poll."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = await self.get(job_id)
+            if on_progress is not None:
+                result = on_progress(job)
+                if isinstance(result, Awaitable):
+                    await result
+            if _core.job_finished(job):
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
+            await asyncio.sleep(poll_interval)
+
+
+class AsyncInferagClient(ClientBase):
+    """Async twin of `InferagClient` (same arguments, same resources, `await` on each call)."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = _core.DEFAULT_TIMEOUT,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        super().__init__(
+            base_url, api_key, timeout=timeout, max_retries=max_retries, backoff=backoff,
+            max_backoff=max_backoff, headers=headers,
+        )  # fmt: skip
+        self._http = httpx.AsyncClient(transport=transport, **self._client_options())
+        self.collections = AsyncCollections(self)
+        self.documents = AsyncDocuments(self)
+        self.jobs = AsyncJobs(self)
+
+    # ------------------------------------------------------------ plumbing
+
+    async def _request(self, call: Call[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.send(self._build(self._http, call))
+            except httpx.TransportError as exc:
+                delay = self._retry_delay(call, attempt, None)
+                if delay is None:
+                    raise ConnectionFailed(f"{call.method} {self.base_url}{call.path}: {exc}") from exc
+                reason = type(exc).__name__
+            else:
+                if self._is_ok(call, response):
+                    return call.parse(response)
+                error = error_from_response(response)
+                delay = self._retry_delay(call, attempt, error)
+                if delay is None:
+                    raise error
+                reason = f"HTTP {response.status_code}"
+            self._log_retry(call, attempt, delay, reason)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _stream(self, call: Call[Any]) -> AsyncStream:
+        try:
+            response = await self._http.send(self._build(self._http, call, stream=True), stream=True)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"{call.method} {self.base_url}{call.path}: {exc}") from exc
+        if response.status_code >= 400:
+            await response.aread()
+            await response.aclose()
+            raise error_from_response(response)
+        return AsyncStream(response)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncInferagClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------ routes
+
+    async def chunk(
+        self, text: str, *, format: str = "text", chunking: Mapping[str, Any] | None = None
+    ) -> ChunkResponse:
+        return await self._request(_core.chunk(text, format=format, chunking=chunking))
+
+    async def retrieve(
+        self, query: str, *, collection: str | None = None, collections: Sequence[str] | None = None, **options: Any
+    ) -> RetrieveResponse:
+        call = _core.retrieve(query, collection=collection, collections=collections, options=options)
+        return await self._request(call)
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str] | None = None,
+        *,
+        hits: Sequence[Hit | Mapping[str, Any]] | None = None,
+        top_n: int | None = None,
+    ) -> RerankResponse:
+        return await self._request(_core.rerank(query, documents, hits=hits, top_n=top_n))
+
+    async def query(
+        self,
+        query: str | None = None,
+        *,
+        collection: str | None = None,
+        collections: Sequence[str] | None = None,
+        messages: Sequence[MessageLike] | None = None,
+        **options: Any,
+    ) -> QueryResponse:
+        call = _core.query(
+            query, messages=messages, collection=collection, collections=collections, stream=False, options=options
+        )
+        return await self._request(call)
+
+    async def query_stream(
+        self,
+        query: str | None = None,
+        *,
+        collection: str | None = None,
+        collections: Sequence[str] | None = None,
+        messages: Sequence[MessageLike] | None = None,
+        **options: Any,
+    ) -> AsyncStream:
+        call = _core.query(
+            query, messages=messages, collection=collection, collections=collections, stream=True, options=options
+        )
+        return await self._stream(call)
+
+    async def agent(
+        self,
+        query: str | None = None,
+        *,
+        collection: str | None = None,
+        collections: Sequence[str] | None = None,
+        messages: Sequence[MessageLike] | None = None,
+        **options: Any,
+    ) -> AgentResponse:
+        call = _core.agent(
+            query, messages=messages, collection=collection, collections=collections, stream=False, options=options
+        )
+        return await self._request(call)
+
+    async def agent_stream(
+        self,
+        query: str | None = None,
+        *,
+        collection: str | None = None,
+        collections: Sequence[str] | None = None,
+        messages: Sequence[MessageLike] | None = None,
+        **options: Any,
+    ) -> AsyncStream:
+        call = _core.agent(
+            query, messages=messages, collection=collection, collections=collections, stream=True, options=options
+        )
+        return await self._stream(call)
+
+    async def models(self) -> ModelList:
+        return await self._request(_core.models())
+
+    async def health(self) -> Health:
+        return await self._request(_core.health())
+
+    async def ready(self) -> Readiness:
+        return await self._request(_core.ready())

@@ -1,0 +1,325 @@
+"""The synchronous client: `InferagClient`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from services.rag.protocol import (
+    ChunkResponse,
+    CollectionList,
+    Deleted,
+    DocumentDetail,
+    DocumentList,
+    IngestResult,
+    Job,
+    JobList,
+    QueryResponse,
+    RerankResponse,
+    RetrieveResponse,
+)
+from services.rag.types import CollectionInfo, Hit
+
+from . import _core
+from ._core import Call, ClientBase, DocumentLike, FileLike, MessageLike, error_from_response
+from .errors import ConnectionFailed, InferagError, error_for_body
+from .events import ErrorEvent, Event, SSEDecoder, parse_event
+from .models import AgentResponse, Health, ModelList, Readiness
+
+T = TypeVar("T")
+
+
+class Stream:
+    """Typed events of one streaming answer; iterate it, or use it as a context manager to close it early."""
+
+    def __init__(self, response: httpx.Response):
+        self.response = response
+        self._events = self._iterate()
+
+    def _iterate(self) -> Generator[Event, None, None]:
+        try:
+            for name, data in SSEDecoder().events(self.response.iter_lines()):
+                if data.strip() == "[DONE]":
+                    break
+                event = parse_event(name, data)
+                if isinstance(event, ErrorEvent):
+                    raise error_for_body({"error": event.error})
+                yield event
+        finally:
+            self.response.close()
+
+    def __iter__(self) -> Iterator[Event]:
+        return self._events
+
+    def __next__(self) -> Event:
+        return next(self._events)
+
+    def close(self) -> None:
+        self._events.close()
+        self.response.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Collections:
+    def __init__(self, client: InferagClient):
+        self._c = client
+
+    def list(self) -> CollectionList:
+        return self._c._request(_core.list_collections())
+
+    def create(self, name: str) -> CollectionInfo:
+        return self._c._request(_core.create_collection(name))
+
+    def get(self, name: str) -> CollectionInfo:
+        return self._c._request(_core.get_collection(name))
+
+    def delete(self, name: str) -> Deleted:
+        return self._c._request(_core.delete_collection(name))
+
+
+class Documents:
+    def __init__(self, client: InferagClient):
+        self._c = client
+
+    def ingest(
+        self,
+        collection: str,
+        documents: DocumentLike | Sequence[DocumentLike],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        chunking: Mapping[str, Any] | None = None,
+        background: bool | None = None,
+    ) -> IngestResult | Job:
+        """Ingest texts (str) or `DocumentIn`s; a `Job` comes back when it runs in the background."""
+        call = _core.ingest(collection, documents, metadata=metadata, chunking=chunking, background=background)
+        return self._c._request(call)
+
+    def upload(
+        self,
+        collection: str,
+        paths: FileLike | Sequence[FileLike],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        chunking: Mapping[str, Any] | None = None,
+        background: bool | None = None,
+    ) -> IngestResult | Job:
+        """Upload files (.txt .md .html .pdf) as multipart; `metadata` applies to each of them."""
+        call = _core.upload(collection, paths, metadata=metadata, chunking=chunking, background=background)
+        return self._c._request(call)
+
+    def list(self, collection: str, *, limit: int | None = None, offset: int | None = None) -> DocumentList:
+        return self._c._request(_core.list_documents(collection, limit, offset))
+
+    def get(self, collection: str, doc_id: str) -> DocumentDetail:
+        return self._c._request(_core.get_document(collection, doc_id))
+
+    def delete(self, collection: str, doc_id: str) -> Deleted:
+        return self._c._request(_core.delete_document(collection, doc_id))
+
+
+class Jobs:
+    def __init__(self, client: InferagClient):
+        self._c = client
+
+    def get(self, job_id: str) -> Job:
+        return self._c._request(_core.get_job(job_id))
+
+    def list(self) -> JobList:
+        return self._c._request(_core.list_jobs())
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        on_progress: Callable[[Job], object] | None = None,
+        poll_interval: float = 0.5,
+        timeout: float | None = None,
+    ) -> Job:
+        """Poll until the job has finished (succeeded, failed or partial); `on_progress` sees every poll."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if _core.job_finished(job):
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
+            time.sleep(poll_interval)
+
+
+class InferagClient(ClientBase):
+    """Client of every route of the stack. Base URL: argument, `INFERAG_BASE_URL` or http://127.0.0.1:8000;
+    key: argument or `INFERAG_API_KEY`. Use the official `openai` package for `/v1/chat` and `/v1/embeddings`
+    (`openai.OpenAI(**client.openai_options())`)."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = _core.DEFAULT_TIMEOUT,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        super().__init__(
+            base_url, api_key, timeout=timeout, max_retries=max_retries, backoff=backoff,
+            max_backoff=max_backoff, headers=headers,
+        )  # fmt: skip
+        self._http = httpx.Client(transport=transport, **self._client_options())
+        self.collections = Collections(self)
+        self.documents = Documents(self)
+        self.jobs = Jobs(self)
+
+    # ------------------------------------------------------------ plumbing
+
+    def _request(self, call: Call[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.send(self._build(self._http, call))
+            except httpx.TransportError as exc:
+                delay = self._retry_delay(call, attempt, None)
+                if delay is None:
+                    raise ConnectionFailed(f"{call.method} {self.base_url}{call.path}: {exc}") from exc
+                reason = type(exc).__name__
+            else:
+                if self._is_ok(call, response):
+                    return call.parse(response)
+                error = error_from_response(response)
+                delay = self._retry_delay(call, attempt, error)
+                if delay is None:
+                    raise error
+                reason = f"HTTP {response.status_code}"
+            self._log_retry(call, attempt, delay, reason)
+            time.sleep(delay)
+            attempt += 1
+
+    def _stream(self, call: Call[Any]) -> Stream:
+        try:
+            response = self._http.send(self._build(self._http, call, stream=True), stream=True)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"{call.method} {self.base_url}{call.path}: {exc}") from exc
+        if response.status_code >= 400:
+            response.read()
+            response.close()
+            raise error_from_response(response)
+        return Stream(response)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> InferagClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ routes
+
+    def chunk(self, text: str, *, format: str = "text", chunking: Mapping[str, Any] | None = None) -> ChunkResponse:
+        """Split a text as ingestion would (`/rag/chunk`)."""
+        return self._request(_core.chunk(text, format=format, chunking=chunking))
+
+    def retrieve(
+        self, query: str, *, collection: str | None = None, collections: Sequence[str] | None = None, **options: Any
+    ) -> RetrieveResponse:
+        """Ranked chunks (`/rag/retrieve`); options: top_k, mode, fusion, filter, score_threshold."""
+        return self._request(_core.retrieve(query, collection=collection, collections=collections, options=options))
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str] | None = None,
+        *,
+        hits: Sequence[Hit | Mapping[str, Any]] | None = None,
+        top_n: int | None = None,
+    ) -> RerankResponse:
+        """Rank passages, or the hits of a retrieval, against the query (`/rag/rerank`)."""
+        return self._request(_core.rerank(query, documents, hits=hits, top_n=top_n))
+
+    def query(
+        self,
+        query: str | None = None,
+        *,
+        collection: str | None = None,
+        collections: Sequence[str] | None = None,
+        messages: Sequence[MessageLike] | None = None,
+        **options: Any,
+    ) -> QueryResponse:
+        """An answer with citations (`/rag/query`); options: top_k, rerank_top_n, mode, model, max_tokens, ..."""
+        call = _core.query(
+            query, messages=messages, collection=collection, collections=collections, stream=False, options=options
+        )
+        return self._request(call)
+
+    def query_stream(
+        self,
+        query: str | None = None,
+        *,
+        collection: str | None = None,
+        collections: Sequence[str] | None = None,
+        messages: Sequence[MessageLike] | None = None,
+        **options: Any,
+    ) -> Stream:
+        """The answer as events: `retrieval`, `delta`..., `citations`, `done` (an `error` event is raised)."""
+        call = _core.query(
+            query, messages=messages, collection=collection, collections=collections, stream=True, options=options
+        )
+        return self._stream(call)
+
+    def agent(
+        self,
+        query: str | None = None,
+        *,
+        collection: str | None = None,
+        collections: Sequence[str] | None = None,
+        messages: Sequence[MessageLike] | None = None,
+        **options: Any,
+    ) -> AgentResponse:
+        """The agent's answer (`/rag/agent`); options: tools, max_steps, model, ..."""
+        call = _core.agent(
+            query, messages=messages, collection=collection, collections=collections, stream=False, options=options
+        )
+        return self._request(call)
+
+    def agent_stream(
+        self,
+        query: str | None = None,
+        *,
+        collection: str | None = None,
+        collections: Sequence[str] | None = None,
+        messages: Sequence[MessageLike] | None = None,
+        **options: Any,
+    ) -> Stream:
+        """The agent's steps as events: `thought`, `tool_call`, `tool_result`, `delta`, `citations`, `done`."""
+        call = _core.agent(
+            query, messages=messages, collection=collection, collections=collections, stream=True, options=options
+        )
+        return self._stream(call)
+
+    def models(self) -> ModelList:
+        return self._request(_core.models())
+
+    def health(self) -> Health:
+        return self._request(_core.health())
+
+    def ready(self) -> Readiness:
+        return self._request(_core.ready())
+
+
+__all__ = ["InferagClient", "InferagError", "Stream"]
