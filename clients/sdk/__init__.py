@@ -26,13 +26,18 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .events import (
+    AgentCitationsEvent,
+    AgentDeltaEvent,
+    AgentDoneEvent,
+    AgentErrorEvent,
     AgentEvent,
+    AgentStreamEvent,
     CitationsEvent,
     DeltaEvent,
     DoneEvent,
     ErrorEvent,
-    Event,
     QueryEvent,
+    QueryStreamEvent,
     RetrievalEvent,
     ThoughtEvent,
     ToolCallEvent,
@@ -41,7 +46,12 @@ from .events import (
 )
 
 __all__ = [
+    "AgentCitationsEvent",
+    "AgentDeltaEvent",
+    "AgentDoneEvent",
+    "AgentErrorEvent",
     "AgentEvent",
+    "AgentStreamEvent",
     "AsyncInferagClient",
     "AsyncStream",
     "AuthenticationError",
@@ -52,7 +62,6 @@ __all__ = [
     "DeltaEvent",
     "DoneEvent",
     "ErrorEvent",
-    "Event",
     "InferagClient",
     "InferagError",
     "InternalServerError",
@@ -60,6 +69,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "QueryEvent",
+    "QueryStreamEvent",
     "RateLimited",
     "RetrievalEvent",
     "ServiceUnavailable",

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
+from services.rag.agent.protocol import AgentRequest, AgentResponse
 from services.rag.protocol import (
     ChunkRequest,
     ChunkResponse,
@@ -43,7 +44,7 @@ from services.rag.protocol import (
 from services.rag.types import CollectionInfo, Hit
 
 from .errors import InferagError, error_for_status
-from .models import AgentResponse, Health, ModelList, Readiness
+from .models import Health, ModelList, Readiness
 
 log = logging.getLogger("inferag.sdk")
 
@@ -280,9 +281,9 @@ def agent(
     options: Mapping[str, Any],
 ) -> Call[AgentResponse]:
     # The agent's tools may act (not only read), so it is never repeated.
-    body = {**_question(query, messages, collection, collections), **options, "stream": stream}
-    body = {k: v for k, v in body.items() if v is not None}
-    return Call("POST", "/rag/agent", _model(AgentResponse), json=body, idempotent=False)
+    values = {**_question(query, messages, collection, collections), **options, "stream": stream}
+    request = AgentRequest.model_validate(values)
+    return Call("POST", "/rag/agent", _model(AgentResponse), json=_body(request), idempotent=False)
 
 
 def models() -> Call[ModelList]:

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -28,42 +28,45 @@ from services.rag.types import CollectionInfo, Hit
 from . import _core
 from ._core import Call, ClientBase, DocumentLike, FileLike, MessageLike, error_from_response
 from .errors import ConnectionFailed, error_for_body
-from .events import ErrorEvent, Event, SSEDecoder, parse_event
+from .events import AgentStreamEvent, QueryStreamEvent, SSEDecoder, error_of, parse_agent_event, parse_query_event
 from .models import AgentResponse, Health, ModelList, Readiness
 
 T = TypeVar("T")
+E = TypeVar("E")
 
 
-class AsyncStream:
+class AsyncStream(Generic[E]):
     """Typed events of one streaming answer: `async for event in stream`; `async with` closes it early."""
 
-    def __init__(self, response: httpx.Response):
+    def __init__(self, response: httpx.Response, parse: Callable[[str | None, str], E]):
         self.response = response
+        self._parse = parse
         self._events = self._iterate()
 
-    async def _iterate(self) -> AsyncGenerator[Event, None]:
+    async def _iterate(self) -> AsyncGenerator[E, None]:
         try:
             async for name, data in SSEDecoder().aevents(self.response.aiter_lines()):
                 if data.strip() == "[DONE]":
                     break
-                event = parse_event(name, data)
-                if isinstance(event, ErrorEvent):
-                    raise error_for_body({"error": event.error})
+                event = self._parse(name, data)
+                error = error_of(event)
+                if error is not None:
+                    raise error_for_body(error)
                 yield event
         finally:
             await self.response.aclose()
 
-    def __aiter__(self) -> AsyncIterator[Event]:
+    def __aiter__(self) -> AsyncIterator[E]:
         return self._events
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> E:
         return await self._events.__anext__()
 
     async def aclose(self) -> None:
         await self._events.aclose()
         await self.response.aclose()
 
-    async def __aenter__(self) -> AsyncStream:
+    async def __aenter__(self) -> AsyncStream[E]:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -209,7 +212,7 @@ class AsyncInferagClient(ClientBase):
             await asyncio.sleep(delay)
             attempt += 1
 
-    async def _stream(self, call: Call[Any]) -> AsyncStream:
+    async def _stream(self, call: Call[Any], parse: Callable[[str | None, str], E]) -> AsyncStream[E]:
         try:
             response = await self._http.send(self._build(self._http, call, stream=True), stream=True)
         except httpx.TransportError as exc:
@@ -218,7 +221,7 @@ class AsyncInferagClient(ClientBase):
             await response.aread()
             await response.aclose()
             raise error_from_response(response)
-        return AsyncStream(response)
+        return AsyncStream(response, parse)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -276,11 +279,11 @@ class AsyncInferagClient(ClientBase):
         collections: Sequence[str] | None = None,
         messages: Sequence[MessageLike] | None = None,
         **options: Any,
-    ) -> AsyncStream:
+    ) -> AsyncStream[QueryStreamEvent]:
         call = _core.query(
             query, messages=messages, collection=collection, collections=collections, stream=True, options=options
         )
-        return await self._stream(call)
+        return await self._stream(call, parse_query_event)
 
     async def agent(
         self,
@@ -304,11 +307,11 @@ class AsyncInferagClient(ClientBase):
         collections: Sequence[str] | None = None,
         messages: Sequence[MessageLike] | None = None,
         **options: Any,
-    ) -> AsyncStream:
+    ) -> AsyncStream[AgentStreamEvent]:
         call = _core.agent(
             query, messages=messages, collection=collection, collections=collections, stream=True, options=options
         )
-        return await self._stream(call)
+        return await self._stream(call, parse_agent_event)
 
     async def models(self) -> ModelList:
         return await self._request(_core.models())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -27,42 +27,45 @@ from services.rag.types import CollectionInfo, Hit
 from . import _core
 from ._core import Call, ClientBase, DocumentLike, FileLike, MessageLike, error_from_response
 from .errors import ConnectionFailed, InferagError, error_for_body
-from .events import ErrorEvent, Event, SSEDecoder, parse_event
+from .events import AgentStreamEvent, QueryStreamEvent, SSEDecoder, error_of, parse_agent_event, parse_query_event
 from .models import AgentResponse, Health, ModelList, Readiness
 
 T = TypeVar("T")
+E = TypeVar("E")
 
 
-class Stream:
+class Stream(Generic[E]):
     """Typed events of one streaming answer; iterate it, or use it as a context manager to close it early."""
 
-    def __init__(self, response: httpx.Response):
+    def __init__(self, response: httpx.Response, parse: Callable[[str | None, str], E]):
         self.response = response
+        self._parse = parse
         self._events = self._iterate()
 
-    def _iterate(self) -> Generator[Event, None, None]:
+    def _iterate(self) -> Generator[E, None, None]:
         try:
             for name, data in SSEDecoder().events(self.response.iter_lines()):
                 if data.strip() == "[DONE]":
                     break
-                event = parse_event(name, data)
-                if isinstance(event, ErrorEvent):
-                    raise error_for_body({"error": event.error})
+                event = self._parse(name, data)
+                error = error_of(event)
+                if error is not None:
+                    raise error_for_body(error)
                 yield event
         finally:
             self.response.close()
 
-    def __iter__(self) -> Iterator[Event]:
+    def __iter__(self) -> Iterator[E]:
         return self._events
 
-    def __next__(self) -> Event:
+    def __next__(self) -> E:
         return next(self._events)
 
     def close(self) -> None:
         self._events.close()
         self.response.close()
 
-    def __enter__(self) -> Stream:
+    def __enter__(self) -> Stream[E]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -207,7 +210,7 @@ class InferagClient(ClientBase):
             time.sleep(delay)
             attempt += 1
 
-    def _stream(self, call: Call[Any]) -> Stream:
+    def _stream(self, call: Call[Any], parse: Callable[[str | None, str], E]) -> Stream[E]:
         try:
             response = self._http.send(self._build(self._http, call, stream=True), stream=True)
         except httpx.TransportError as exc:
@@ -216,7 +219,7 @@ class InferagClient(ClientBase):
             response.read()
             response.close()
             raise error_from_response(response)
-        return Stream(response)
+        return Stream(response, parse)
 
     def close(self) -> None:
         self._http.close()
@@ -275,12 +278,12 @@ class InferagClient(ClientBase):
         collections: Sequence[str] | None = None,
         messages: Sequence[MessageLike] | None = None,
         **options: Any,
-    ) -> Stream:
+    ) -> Stream[QueryStreamEvent]:
         """The answer as events: `retrieval`, `delta`..., `citations`, `done` (an `error` event is raised)."""
         call = _core.query(
             query, messages=messages, collection=collection, collections=collections, stream=True, options=options
         )
-        return self._stream(call)
+        return self._stream(call, parse_query_event)
 
     def agent(
         self,
@@ -305,12 +308,12 @@ class InferagClient(ClientBase):
         collections: Sequence[str] | None = None,
         messages: Sequence[MessageLike] | None = None,
         **options: Any,
-    ) -> Stream:
+    ) -> Stream[AgentStreamEvent]:
         """The agent's steps as events: `thought`, `tool_call`, `tool_result`, `delta`, `citations`, `done`."""
         call = _core.agent(
             query, messages=messages, collection=collection, collections=collections, stream=True, options=options
         )
-        return self._stream(call)
+        return self._stream(call, parse_agent_event)
 
     def models(self) -> ModelList:
         return self._request(_core.models())

@@ -1,7 +1,7 @@
 """Typed events of the streaming routes (`/rag/query` and `/rag/agent` with `"stream": true`).
 
-Each SSE event is `event: <type>` plus a JSON object with the same `"type"`; `parse_event`
-turns it into one of the models below (an `UnknownEvent` for a type this SDK does not know,
+Each SSE event is `event: <type>` plus a JSON object with the same `"type"`; `parse_query_event` /
+`parse_agent_event` turn it into one of the models below (an `UnknownEvent` for a type this SDK does not know,
 so an older SDK keeps working against a newer stack).
 """
 
@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from services.rag.agent import protocol as agent_protocol
 from services.rag.protocol import Citation, Usage
 
 
@@ -43,7 +44,7 @@ class CitationsEvent(_Event):
 
 
 class DoneEvent(_Event):
-    """Last event: token usage, stage timings (seconds or ms, as the stack reports them) and finish reason."""
+    """Last event: token usage, stage timings (milliseconds) and finish reason."""
 
     type: Literal["done"] = "done"
     usage: Usage | None = None
@@ -52,32 +53,10 @@ class DoneEvent(_Event):
 
 
 class ErrorEvent(_Event):
-    """A failure after the stream started; the iterators raise it as an `InferagError`."""
+    """A failure after the stream started; the streams raise it as an `InferagError`."""
 
     type: Literal["error"] = "error"
     error: dict[str, Any] = Field(default_factory=dict)
-
-
-class ThoughtEvent(_Event):
-    """Agent: the model's reasoning before a step."""
-
-    type: Literal["thought"] = "thought"
-    text: str | None = None
-
-
-class ToolCallEvent(_Event):
-    """Agent: a tool the model decided to call."""
-
-    type: Literal["tool_call"] = "tool_call"
-    name: str | None = None
-    arguments: Any = None
-
-
-class ToolResultEvent(_Event):
-    """Agent: what the tool returned."""
-
-    type: Literal["tool_result"] = "tool_result"
-    name: str | None = None
 
 
 class UnknownEvent(_Event):
@@ -89,43 +68,67 @@ class UnknownEvent(_Event):
 QueryEvent = Annotated[
     RetrievalEvent | DeltaEvent | CitationsEvent | DoneEvent | ErrorEvent, Field(discriminator="type")
 ]
-AgentEvent = Annotated[
+# The agent's events are the agent route's own wire models.
+AgentEvent = agent_protocol.AgentEvent
+ThoughtEvent = agent_protocol.ThoughtEvent
+ToolCallEvent = agent_protocol.ToolCallEvent
+ToolResultEvent = agent_protocol.ToolResultEvent
+AgentDeltaEvent = agent_protocol.DeltaEvent
+AgentCitationsEvent = agent_protocol.CitationsEvent
+AgentDoneEvent = agent_protocol.DoneEvent
+AgentErrorEvent = agent_protocol.ErrorEvent
+
+# What the streams yield (match on `event.type`).
+QueryStreamEvent = RetrievalEvent | DeltaEvent | CitationsEvent | DoneEvent | ErrorEvent | UnknownEvent
+AgentStreamEvent = (
     ThoughtEvent
     | ToolCallEvent
     | ToolResultEvent
-    | RetrievalEvent
-    | DeltaEvent
-    | CitationsEvent
-    | DoneEvent
-    | ErrorEvent,
-    Field(discriminator="type"),
-]
-Event = (
-    RetrievalEvent
-    | DeltaEvent
-    | CitationsEvent
-    | DoneEvent
-    | ErrorEvent
-    | ThoughtEvent
-    | ToolCallEvent
-    | ToolResultEvent
+    | AgentDeltaEvent
+    | AgentCitationsEvent
+    | AgentDoneEvent
+    | AgentErrorEvent
     | UnknownEvent
 )
 
-_ANY_EVENT: TypeAdapter[Any] = TypeAdapter(AgentEvent)
+_QUERY: TypeAdapter[Any] = TypeAdapter(QueryEvent)
+_AGENT: TypeAdapter[Any] = TypeAdapter(AgentEvent)
 
 
-def parse_event(name: str | None, data: str) -> Event:
-    """One SSE event (its `event:` name and `data:` text) as a typed model."""
+def _parse(adapter: TypeAdapter[Any], name: str | None, data: str) -> Any:
     payload = json.loads(data)  # a `data: [DONE]` terminator is filtered out by the callers
     if not isinstance(payload, dict):
         payload = {"value": payload}
     payload.setdefault("type", name or "message")
     try:
-        event: Event = _ANY_EVENT.validate_python(payload)
+        return adapter.validate_python(payload)
     except ValidationError:
         return UnknownEvent.model_validate(payload)
+
+
+def parse_query_event(name: str | None, data: str) -> QueryStreamEvent:
+    """One SSE event of `/rag/query` (its `event:` name and `data:` text) as a typed model."""
+    event: QueryStreamEvent = _parse(_QUERY, name, data)
     return event
+
+
+def parse_agent_event(name: str | None, data: str) -> AgentStreamEvent:
+    """One SSE event of `/rag/agent` as the agent protocol's typed model."""
+    event: AgentStreamEvent = _parse(_AGENT, name, data)
+    return event
+
+
+def error_of(event: Any) -> dict[str, Any] | None:
+    """The OpenAI error body of an `error` event (either route's shape), None for any other event."""
+    if getattr(event, "type", None) != "error":
+        return None
+    error = getattr(event, "error", None)
+    if isinstance(error, dict):
+        return {"error": error}
+    message = getattr(event, "message", None) or "stream failed"
+    return {
+        "error": {"message": message, "type": "internal_error", "param": None, "code": getattr(event, "code", None)}
+    }
 
 
 class SSEDecoder:

@@ -2,15 +2,14 @@
 
 The RAG wire models are the service's own (`services.rag.protocol`), re-exported here so the
 client and the server can never disagree; only the few answers that have no wire model in the
-services (ops routes, the model list, the agent's answer) are declared here.
+services (the ops routes and the model list) are declared here.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.rag.agent.protocol import AgentResponse, Step
 from services.rag.protocol import (
     ChunkResponse,
     Citation,
@@ -58,6 +57,7 @@ __all__ = [
     "RerankResponse",
     "RerankResult",
     "RetrieveResponse",
+    "Step",
     "StoredChunk",
     "Usage",
 ]
@@ -92,13 +92,3 @@ class Model(BaseModel):
 class ModelList(BaseModel):
     object: str = "list"
     data: list[Model]
-
-
-class AgentResponse(BaseModel):
-    """`/rag/agent`'s answer: the final text, its citations and the steps the agent took."""
-
-    model_config = ConfigDict(extra="allow")
-    answer: str
-    citations: list[Citation] = Field(default_factory=list)
-    steps: list[Any] = Field(default_factory=list)
-    stopped_reason: str | None = None

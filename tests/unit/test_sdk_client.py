@@ -24,7 +24,7 @@ from clients.sdk import (
     RetrievalEvent,
     UnknownEvent,
 )
-from clients.sdk.events import SSEDecoder, parse_event
+from clients.sdk.events import SSEDecoder, parse_query_event
 
 BUSY = {"error": {"message": "busy", "type": "rate_limit_error", "param": None, "code": "overloaded"}}
 
@@ -135,7 +135,7 @@ def test_sse_decoding_keeps_order_and_types() -> None:
         ("done", {"type": "done", "usage": None, "timings": {"total": 1.5}, "finish_reason": "stop"}),
     ]
     text = "".join(f"event: {name}\ndata: {json.dumps(body)}\n\n" for name, body in events)
-    parsed = [parse_event(n, d) for n, d in SSEDecoder().events(text.splitlines())]
+    parsed = [parse_query_event(n, d) for n, d in SSEDecoder().events(text.splitlines())]
     kinds = [type(e) for e in parsed]
     assert kinds == [RetrievalEvent, DeltaEvent, DeltaEvent, UnknownEvent, DoneEvent]
     assert isinstance(parsed[-1], DoneEvent) and parsed[-1].timings == {"total": 1.5}
