@@ -1,18 +1,464 @@
-"""The `inferag` command: `inferag serve` runs the stack, `inferag weights ...` prepares weights offline."""
+"""The `inferag` command: talk to a running stack (chat, ask, ingest, collections, eval), run it (serve),
+prepare weights offline (weights ...).
+
+Every client command reads the stack's address from `--url` / `INFERAG_BASE_URL` (default
+http://127.0.0.1:8000) and the key from `--api-key` / `INFERAG_API_KEY`; `--json` prints
+machine-readable output on stdout (progress and prompts go to stderr).
+"""
 
 from __future__ import annotations
 
-import typer
+import asyncio
+import contextlib
+import glob
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any
 
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from clients.sdk import AsyncInferagClient, InferagClient, InferagError
+from clients.sdk.models import Citation, DocumentIn, IngestResult, Job
 from services.generation.weights.cli import app as weights_app
 
 app = typer.Typer(name="inferag", no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(weights_app, name="weights")
+collections_app = typer.Typer(help="List (default), create or delete collections.", invoke_without_command=True)
+app.add_typer(collections_app, name="collections")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+UPLOAD_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".html", ".htm", ".pdf"})
+
+Url = Annotated[str | None, typer.Option("--url", envvar="INFERAG_BASE_URL", help="Base URL of the stack.")]
+ApiKey = Annotated[
+    str | None, typer.Option("--api-key", envvar="INFERAG_API_KEY", help="Bearer key.", show_default=False)
+]
+JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+Collection = Annotated[str, typer.Option("--collection", "-c", help="Collection (knowledge base) name.")]
+
+
+def _client(url: str | None, api_key: str | None) -> InferagClient:
+    return InferagClient(url, api_key)
+
+
+def _emit(data: Any) -> None:
+    """One JSON document on stdout (pydantic models as their wire JSON)."""
+    if hasattr(data, "model_dump"):
+        data = data.model_dump(mode="json")
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _errors(json_out: bool) -> Iterator[None]:
+    """An error answer of the stack ends the command with status 1, its body on stdout in --json mode."""
+    try:
+        yield
+    except InferagError as exc:
+        if json_out:
+            _emit({**exc.body, "status": exc.status})
+        else:
+            err.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(1) from exc
+
+
+def _timings(timings: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.0f} ms" for k, v in timings.items())
+
+
+def _print_sources(citations: Sequence[Citation], title: str = "Sources", show: Console = out) -> None:
+    if not citations:
+        err.print("[dim](no sources)[/]")
+        return
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for column in ("#", "document", "score", "passage"):
+        table.add_column(column, overflow="fold")
+    for c in citations:
+        snippet = " ".join(c.text.split())
+        snippet = snippet[:117] + "..." if len(snippet) > 120 else snippet
+        table.add_row(str(c.number), c.source or c.doc_id, f"{c.score:.3f}", snippet)
+    show.print(table)
+
+
+# ---------------------------------------------------------------- collections
+
+
+@collections_app.callback()
+def collections(ctx: typer.Context, url: Url = None, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
+    """List the collections with their document and chunk counts."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _errors(json_out), _client(url, api_key) as client:
+        listing = client.collections.list()
+    if json_out:
+        _emit(listing)
+        return
+    table = Table()
+    for column in ("name", "documents", "chunks", "dimension", "embedding model"):
+        table.add_column(column)
+    for c in listing.data:
+        table.add_row(c.name, str(c.documents), str(c.points), str(c.dimension), c.embed_model)
+    out.print(table if listing.data else "[dim]no collections[/]")
+
+
+@collections_app.command("create")
+def collections_create(name: str, url: Url = None, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
+    """Create an empty collection."""
+    with _errors(json_out), _client(url, api_key) as client:
+        info = client.collections.create(name)
+    _emit(info) if json_out else out.print(f"created [bold]{info.name}[/] ({info.dimension} dimensions)")
+
+
+@collections_app.command("delete")
+def collections_delete(name: str, url: Url = None, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
+    """Delete a collection and everything in it."""
+    with _errors(json_out), _client(url, api_key) as client:
+        deleted = client.collections.delete(name)
+    _emit(deleted) if json_out else out.print(f"deleted [bold]{name}[/]")
+
+
+# ---------------------------------------------------------------- ingest
+
+
+def expand_paths(patterns: Sequence[str]) -> list[Path]:
+    """Files named by the arguments: files as given, folders searched recursively, globs (`**` too) expanded.
+
+    Only the types the ingestion reads are kept from folders and globs.
+    """
+    found: dict[Path, None] = {}
+    for pattern in patterns:
+        path = Path(pattern)
+        if glob.has_magic(pattern):
+            matches = [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
+            found.update((p, None) for p in matches if p.is_file() and p.suffix.lower() in UPLOAD_SUFFIXES)
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in UPLOAD_SUFFIXES)
+            found.update((p, None) for p in files)
+        elif path.is_file():
+            found[path] = None
+        else:
+            raise typer.BadParameter(f"no such file or folder: {pattern}", param_hint="PATH")
+    return list(found)
 
 
 @app.command()
-def serve() -> None:
-    """Start the one-process stack (generation + embeddings) with the settings from the environment."""
+def ingest(
+    paths: Annotated[
+        list[str], typer.Argument(help="Files, folders (recursive) or globs (quote them: 'docs/**/*.md').")
+    ],
+    collection: Collection,
+    metadata: Annotated[str | None, typer.Option(help="JSON object added to every document's metadata.")] = None,
+    chunking: Annotated[str | None, typer.Option(help="JSON chunking parameters.")] = None,
+    background: Annotated[bool, typer.Option(help="Ingest as background jobs and follow their progress.")] = False,
+    url: Url = None,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Upload documents (.txt .md .html .pdf) into a collection, one request per file, with a progress bar."""
+    files = expand_paths(paths)
+    if not files:
+        err.print("[yellow]no files to ingest[/]")
+        raise typer.Exit(1)
+    meta = json.loads(metadata) if metadata else None
+    chunk_params = json.loads(chunking) if chunking else None
+    report: list[dict[str, Any]] = []
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+    )
+    with _client(url, api_key) as client, progress:
+        task = progress.add_task("ingesting", total=len(files))
+        for path in files:
+            progress.update(task, description=f"{path.name}")
+            entry: dict[str, Any] = {"path": str(path)}
+            try:
+                result = client.documents.upload(
+                    collection, path, metadata=meta, chunking=chunk_params, background=background or None
+                )
+                if isinstance(result, Job):
+
+                    def show(job: Job, name: str = path.name) -> None:
+                        progress.update(task, description=f"{name} [{job.status} {job.chunks_done} chunks]")
+
+                    job = client.jobs.wait(result.id, on_progress=show)
+                    entry.update(job=job.id, status=job.status, chunks=job.chunks_done)
+                    if job.errors:
+                        entry["error"] = "; ".join(e.message for e in job.errors)
+                else:
+                    entry.update(
+                        status="succeeded", chunks=result.chunks, documents=[d.doc_id for d in result.documents]
+                    )
+            except InferagError as exc:
+                entry.update(status="failed", error=exc.message, code=exc.code, http_status=exc.status)
+                progress.console.print(f"[red]{path}[/]: {exc.message}")
+            report.append(entry)
+            progress.advance(task)
+    failed = [e for e in report if e["status"] != "succeeded"]
+    chunks = sum(int(e.get("chunks") or 0) for e in report)
+    if json_out:
+        _emit({"collection": collection, "files": report, "chunks": chunks, "failed": len(failed)})
+    else:
+        out.print(
+            f"{len(report) - len(failed)}/{len(report)} files ingested into [bold]{collection}[/], {chunks} chunks"
+        )
+    if failed:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- ask and chat
+
+
+@app.command()
+def ask(
+    question: str,
+    collection: Collection,
+    top_k: Annotated[int, typer.Option(help="Chunks retrieved before reranking.")] = 20,
+    rerank_top_n: Annotated[int, typer.Option(help="Sources given to the model (0: no rerank).")] = 5,
+    mode: Annotated[str, typer.Option(help="dense, sparse or hybrid.")] = "hybrid",
+    max_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
+    model: Annotated[str | None, typer.Option(help="Generation model; default: the stack's.")] = None,
+    url: Url = None,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Answer one question from a collection: the answer streams, then its sources and timings."""
+    options: dict[str, Any] = {"top_k": top_k, "rerank_top_n": rerank_top_n, "mode": mode}
+    options.update({k: v for k, v in {"max_tokens": max_tokens, "model": model}.items() if v is not None})
+    with _errors(json_out), _client(url, api_key) as client:
+        if json_out:
+            _emit(client.query(question, collection=collection, **options))
+            return
+        _stream_answer(client, collection, question=question, options=options)
+
+
+def _stream_answer(
+    client: InferagClient,
+    collection: str,
+    *,
+    question: str | None = None,
+    messages: list[dict[str, str]] | None = None,
+    options: dict[str, Any],
+    show: Console = out,
+) -> tuple[str, list[Citation], dict[str, float]]:
+    """Print a streamed RAG answer, then its sources and timings, on `show`; return them."""
+    text, sources, cited, timings = [], [], [], {}
+    with client.query_stream(question, messages=messages, collection=collection, **options) as stream:
+        for event in stream:
+            if event.type == "retrieval":
+                sources = list(getattr(event, "sources", []))
+            elif event.type == "delta":
+                piece = str(getattr(event, "text", ""))
+                text.append(piece)
+                show.print(piece, end="", markup=False, soft_wrap=True)
+            elif event.type == "citations":
+                cited = list(getattr(event, "citations", []))
+            elif event.type == "done":
+                timings = dict(getattr(event, "timings", {}))
+    show.print()
+    _print_sources(cited or sources, "Sources" if cited else "Sources given (none cited)", show)
+    if timings:
+        err.print(f"[dim]{_timings(timings)}[/]")
+    return "".join(text), cited or sources, timings
+
+
+def _chat_model(client: InferagClient, model: str | None) -> str:
+    if model:
+        return model
+    for card in client.models().data:
+        if (card.model_extra or {}).get("engine"):
+            return card.id
+    raise typer.BadParameter("the stack lists no generation model; pass --model", param_hint="--model")
+
+
+@app.command()
+def chat(
+    collection: Annotated[
+        str | None, typer.Option("--collection", "-c", help="Answer from this collection, with sources.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Generation model; default: the stack's.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt (plain chat only).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
+    rewrite: Annotated[bool, typer.Option(help="Rewrite follow-ups into standalone questions (RAG).")] = False,
+    url: Url = None,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Interactive chat, streamed; `--collection` chats with a knowledge base. `/exit` or Ctrl-D ends it.
+
+    With --json each turn is printed as one JSON line (question, answer, sources) after its stream.
+    """
+    with _errors(json_out), _client(url, api_key) as client:
+        history: list[dict[str, str]] = [{"role": "system", "content": system}] if system and not collection else []
+        plain = None
+        if collection is None:
+            import openai
+
+            plain = openai.OpenAI(**client.openai_options(), max_retries=client.max_retries)
+            model = _chat_model(client, model)
+        show = err if json_out else out  # --json: the streams go to stderr, stdout carries one line per turn
+        err.print(f"[dim]chatting with {collection or model}; /exit or Ctrl-D to end[/]")
+        while True:
+            try:
+                question = err.input("[bold cyan]you>[/] ").strip() if sys.stdin.isatty() else input().strip()
+            except EOFError:
+                break
+            if not question:
+                continue
+            if question in ("/exit", "/quit"):
+                break
+            history.append({"role": "user", "content": question})
+            sources: list[Citation] = []
+            if collection is not None:
+                options: dict[str, Any] = {"rewrite_query": rewrite}
+                if max_tokens is not None:
+                    options["max_tokens"] = max_tokens
+                if model is not None:
+                    options["model"] = model
+                answer, sources, _ = _stream_answer(client, collection, messages=history, options=options, show=show)
+            else:
+                assert plain is not None and model is not None
+                answer = _stream_chat(plain, model, history, max_tokens, show)
+            history.append({"role": "assistant", "content": answer})
+            if json_out:
+                line = {"question": question, "answer": answer, "sources": [s.model_dump(mode="json") for s in sources]}
+                sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+
+
+def _stream_chat(client: Any, model: str, history: list[dict[str, str]], max_tokens: int | None, show: Console) -> str:
+    """Plain chat through the official openai client (the stack's /v1/chat/completions)."""
+    import openai
+
+    pieces: list[str] = []
+    try:
+        stream = client.chat.completions.create(model=model, messages=history, stream=True, max_tokens=max_tokens)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+                show.print(chunk.choices[0].delta.content, end="", markup=False, soft_wrap=True)
+    except openai.APIStatusError as exc:
+        body = exc.body if isinstance(exc.body, dict) else {"message": str(exc.body)}
+        raise InferagError(exc.status_code, body if "error" in body else {"error": body}) from exc
+    show.print()
+    return "".join(pieces)
+
+
+# ---------------------------------------------------------------- eval
+
+
+@app.command("eval")
+def evaluate(
+    dataset: Annotated[str, typer.Argument(help="BEIR folder (e.g. datasets/course) or june:<set>.")],
+    collection: Collection,
+    configs: Annotated[
+        str, typer.Option(help="Comma-separated retrieval configs.")
+    ] = "dense,sparse,hybrid,hybrid+rerank",
+    answers: Annotated[bool, typer.Option(help="Also answer the QA questions through /rag/query.")] = True,
+    ingest_corpus: Annotated[bool, typer.Option("--ingest/--no-ingest", help="Ingest the corpus first.")] = True,
+    limit: Annotated[int | None, typer.Option(help="Only the first N queries and questions.")] = None,
+    top_k: Annotated[int, typer.Option(help="Hits retrieved per query.")] = 10,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 4,
+    url: Url = None,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Retrieval metrics (nDCG@10, Recall@k, MRR) per config and answer checks, against the running stack."""
+    from services.rag import eval as rag_eval
+
+    data = rag_eval.load_dataset(dataset)
+    if limit is not None:
+        keep = list(data.queries)[:limit]
+        data.queries = {q: data.queries[q] for q in keep}
+        data.qrels = {q: r for q, r in data.qrels.items() if q in data.queries}
+        data.answers = {q: a for q, a in data.answers.items() if q in data.queries}
+    names = [c.strip() for c in configs.split(",") if c.strip()]
+    with _errors(json_out):
+        retrieval, answer_results = asyncio.run(
+            _evaluate(data, collection, names, answers, ingest_corpus, top_k, concurrency, url, api_key)
+        )
+    if json_out:
+        _emit(rag_eval.results_json(data, retrieval, answer_results))
+    else:
+        out.print(rag_eval.render_table(retrieval, answer_results, title=f"{data.name} → {collection}"))
+
+
+async def _evaluate(
+    data: Any,
+    collection: str,
+    configs: list[str],
+    answers: bool,
+    ingest_corpus: bool,
+    top_k: int,
+    concurrency: int,
+    url: str | None,
+    api_key: str | None,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
+    from services.rag import eval as rag_eval
+
+    async with AsyncInferagClient(url, api_key) as client:
+        if ingest_corpus:
+            await _ingest_corpus(client, collection, data.corpus)
+
+        async def retrieve(query: str, config: str) -> list[str]:
+            mode, _, rerank = config.partition("+")
+            hits = (await client.retrieve(query, collection=collection, top_k=top_k, mode=mode)).data
+            if rerank and hits:
+                ranked = await client.rerank(query, hits=hits)
+                hits = [r.hit for r in ranked.data if r.hit is not None]
+            return [h.doc_id for h in hits]
+
+        async def answer(question: str) -> tuple[str, int]:
+            result = await client.query(question, collection=collection)
+            return result.answer, len(result.sources)
+
+        err.print(f"[dim]retrieval: {len(data.qrels)} queries x {len(configs)} configs[/]")
+        retrieval = await rag_eval.evaluate_retrieval(data, retrieve, configs, concurrency=concurrency)
+        answer_results = None
+        if answers and data.answers:
+            err.print(f"[dim]answers: {len(data.answers)} questions[/]")
+            answer_results = await rag_eval.evaluate_answers(data, answer, concurrency=concurrency)
+        return retrieval, answer_results
+
+
+async def _ingest_corpus(client: AsyncInferagClient, collection: str, corpus: dict[str, Any], batch: int = 16) -> None:
+    """The corpus as documents whose ids are the corpus ids (what the qrels name)."""
+    docs = [
+        DocumentIn(id=doc_id, text=f"{doc.title}\n\n{doc.text}" if doc.title else doc.text, source=doc.title or doc_id)
+        for doc_id, doc in corpus.items()
+    ]
+    with Progress(TextColumn("ingesting corpus"), BarColumn(), MofNCompleteColumn(), console=err) as progress:
+        task = progress.add_task("ingest", total=len(docs))
+        for start in range(0, len(docs), batch):
+            part = docs[start : start + batch]
+            result = await client.documents.ingest(collection, part)
+            if isinstance(result, Job):
+                result = await client.jobs.wait(result.id)
+                if result.status == "failed":
+                    raise InferagError(500, {"error": {"message": f"ingest job {result.id} failed: {result.errors}"}})
+            assert isinstance(result, IngestResult | Job)
+            progress.advance(task, len(part))
+
+
+# ---------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (INFERAG_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (INFERAG_PORT, default 8000).")] = None,
+) -> None:
+    """Start the one-process stack (generation, embeddings, RAG, playground) with the settings from the environment."""
+    if host is not None:
+        os.environ["INFERAG_HOST"] = host
+    if port is not None:
+        os.environ["INFERAG_PORT"] = str(port)
     from services.gateway.app import main
 
     main()
