@@ -39,3 +39,10 @@ def sse_response(events: AsyncIterator[str]) -> EventSourceResponse:
                 await aclose()
 
     return EventSourceResponse(encoded(), sep="\n", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def sse_event(type_: str, payload: BaseModel | dict[str, Any]) -> str:
+    """A typed event (`event: <type>`) whose JSON data also carries `"type"`, for clients that ignore names."""
+    data = payload.model_dump(mode="json", exclude_none=True) if isinstance(payload, BaseModel) else dict(payload)
+    data = {"type": type_, **data}
+    return f"event: {type_}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"

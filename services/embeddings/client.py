@@ -20,15 +20,8 @@ import httpx
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from services.common.errors import (
-    EngineError,
-    InferagError,
-    InvalidRequest,
-    NotFound,
-    Overloaded,
-    Unauthorized,
-    UpstreamUnavailable,
-)
+from services.common.errors import NotFound
+from services.common.upstream import call
 
 from .serving import EmbeddingsService
 from .settings import OPENAI_MAX_INPUTS, EmbeddingsSettings
@@ -154,15 +147,6 @@ class InProcessEmbeddings:
             vectors, _ = await self.service.sparse_inputs(list(texts[start : start + self.service.limits.max_inputs]))
             out.extend(SparseVector(v.indices, v.values) for v in vectors)
         return out
-
-
-_ERRORS: dict[int, type[InferagError]] = {
-    400: InvalidRequest,
-    401: Unauthorized,
-    404: NotFound,
-    429: Overloaded,
-    503: UpstreamUnavailable,
-}
 
 
 class HttpEmbeddings:
@@ -292,23 +276,7 @@ class HttpEmbeddings:
 
 
 async def _request(client: httpx.AsyncClient, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    """One call; an error answer becomes the matching domain error, an unreachable server UpstreamUnavailable."""
-    try:
-        resp = await client.request(method, path, json=body)
-    except httpx.HTTPError as exc:
-        raise UpstreamUnavailable(f"The embeddings service at {client.base_url} is unreachable: {exc}") from exc
-    if resp.status_code < 400:
-        result: dict[str, Any] = resp.json()
-        return result
-    try:
-        err = resp.json()["error"]
-        message, param, code = str(err["message"]), err.get("param"), err.get("code")
-    except (ValueError, KeyError, TypeError):
-        message, param, code = resp.text or f"HTTP {resp.status_code}", None, None
-    if resp.status_code == 429:
-        raise Overloaded(message, retry_after=float(resp.headers.get("retry-after", 1)))
-    default = InvalidRequest if resp.status_code < 500 else EngineError
-    raise _ERRORS.get(resp.status_code, default)(message, param=param, code=code)
+    return await call(client, method, path, body, service="embeddings")
 
 
 async def open_embeddings(

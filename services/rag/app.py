@@ -1,0 +1,63 @@
+"""App factory of the RAG orchestrator: `build_app(settings)`; the store and upstream links open in the lifespan.
+
+Standalone (`python -m services.rag.app`) it reaches the embeddings and generation
+services at `INFERAG_RAG_EMBEDDINGS_URL` / `INFERAG_RAG_GENERATION_URL`; the gateway
+mounts it with in-process links instead (`links=`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from services.common.logging import setup_logging
+from services.common.service import build_service_app
+
+from .metrics import RagMetrics
+from .router import router
+from .service import Links, RagService, http_links
+from .settings import RagSettings
+
+
+def build_app(
+    settings: RagSettings | None = None,
+    registry: CollectorRegistry | None = None,
+    links: Callable[[], Awaitable[Links]] | None = None,
+) -> FastAPI:
+    """The service as an ASGI app; `links` says how to reach the other services (default: their URLs)."""
+    settings = settings or RagSettings()
+    registry = registry or CollectorRegistry()
+    metrics = RagMetrics(registry)
+    make_links = links or (lambda: http_links(settings))
+
+    async def load() -> RagService:
+        opened = await make_links()
+        try:
+            return await RagService.load(settings, metrics, opened)
+        except BaseException:
+            await opened.aclose()
+            raise
+
+    async def close(service: RagService) -> None:
+        await service.close()
+
+    return build_service_app("rag", settings, registry, load, close, router)
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = RagSettings()
+    setup_logging(settings.log_level, settings.log_json)
+    if not (settings.embeddings_url and settings.generation_url):
+        raise SystemExit(
+            "The RAG service alone needs INFERAG_RAG_EMBEDDINGS_URL and INFERAG_RAG_GENERATION_URL; "
+            "to run everything in one process use `python -m services.gateway.app` (make run)."
+        )
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    main()

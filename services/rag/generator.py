@@ -1,0 +1,114 @@
+"""How the orchestrator reaches the generation service: one interface, in-process or over HTTP.
+
+Both take and return OpenAI chat-completion JSON (dicts), so a prompt built here runs
+the same against the engine in this process and against a remote service. In-process
+calls go to the serving layer itself (an ASGI transport would buffer a stream whole).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import httpx
+
+from services.common.errors import InferagError, NotReady, UpstreamUnavailable
+from services.common.upstream import call, upstream_error
+from services.generation.protocol import ChatCompletionRequest
+from services.generation.serving import GenerationService
+
+
+class Generator(Protocol):
+    async def models(self) -> list[str]:
+        """Served model names, default first."""
+        ...
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A non-streaming chat completion."""
+        ...
+
+    def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The chunks of a streaming chat completion; an error event raises its domain error."""
+        ...
+
+
+def _error_event(chunk: dict[str, Any]) -> InferagError | None:
+    if "error" in chunk and "choices" not in chunk:
+        status = {"rate_limit_error": 429, "invalid_request_error": 400}.get(chunk["error"].get("type"), 500)
+        return upstream_error(status, chunk)
+    return None
+
+
+class InProcessGenerator:
+    """The generation service of this process (e.g. the gateway's), reached through its serving layer."""
+
+    def __init__(self, service: Callable[[], GenerationService | None]):
+        self._service = service
+
+    def _get(self) -> GenerationService:
+        service = self._service()
+        if service is None:
+            raise NotReady("The generation service is still loading.")
+        return service
+
+    async def models(self) -> list[str]:
+        return [m.id for m in self._get().models().data]
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        result = await self._get().chat(ChatCompletionRequest.model_validate({**body, "stream": False}))
+        if isinstance(result, AsyncIterator):  # pragma: no cover - stream is False
+            raise TypeError("unexpected stream")
+        return result.model_dump(mode="json", exclude_none=True)
+
+    async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        result = await self._get().chat(ChatCompletionRequest.model_validate({**body, "stream": True}))
+        if not isinstance(result, AsyncIterator):  # pragma: no cover - stream is True
+            raise TypeError("expected a stream")
+        try:
+            async for event in result:
+                for line in event.splitlines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if (error := _error_event(chunk)) is not None:
+                        raise error
+                    yield chunk
+        finally:
+            aclose = getattr(result, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+class HttpGenerator:
+    """A generation service over HTTP (its OpenAI-compatible API)."""
+
+    def __init__(self, client: httpx.AsyncClient):
+        self.client = client
+
+    async def models(self) -> list[str]:
+        listing = await call(self.client, "GET", "/v1/models", service="generation")
+        return [m["id"] for m in listing["data"]]
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await call(self.client, "POST", "/v1/chat/completions", {**body, "stream": False}, service="generation")
+
+    async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async with self.client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as resp:
+                if resp.status_code >= 400:
+                    raw = await resp.aread()
+                    try:
+                        parsed: Any = json.loads(raw)
+                    except ValueError:
+                        parsed = raw.decode(errors="replace")
+                    raise upstream_error(resp.status_code, parsed, resp.headers)
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if (error := _error_event(chunk)) is not None:
+                        raise error
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"The generation service at {self.client.base_url} failed: {exc}") from exc

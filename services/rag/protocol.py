@@ -1,0 +1,255 @@
+"""Wire models of the RAG routes (`/rag/*`).
+
+Requests forbid unknown fields (a typo in `top_k` should not silently use the default);
+limits live in the types so a bad value is a 400 before any work.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from .types import Chunk, CollectionInfo, DocumentInfo, Fusion, Hit, MetadataFilter, RetrievalMode, StoredChunk
+
+CollectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")]
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+DocumentFormat = Literal["text", "markdown", "html"]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- collections
+
+
+class CollectionCreate(_Strict):
+    name: CollectionName
+
+
+class CollectionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CollectionInfo]
+
+
+class Deleted(BaseModel):
+    id: str
+    object: str
+    deleted: bool = True
+
+
+# ---------------------------------------------------------------- chunking and ingestion
+
+
+class ChunkRequest(_Strict):
+    text: str
+    format: DocumentFormat = "text"
+    chunking: dict[str, Any] | None = Field(None, description="ChunkingParams; default: the service's.")
+
+
+class ChunkResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Chunk]
+    strategy: str
+    max_tokens: int
+
+
+class DocumentIn(_Strict):
+    id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
+        None, description="Default: derived from the content hash, so the same text is the same document."
+    )
+    text: str
+    format: DocumentFormat = "text"
+    source: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class IngestRequest(_Strict):
+    documents: Annotated[list[DocumentIn], Field(min_length=1)]
+    chunking: dict[str, Any] | None = None
+    background: bool | None = Field(
+        None, description="Run as a job and answer 202 at once; default: only for large requests."
+    )
+
+
+class IngestResult(BaseModel):
+    object: Literal["ingest.result"] = "ingest.result"
+    collection: str
+    documents: list[DocumentInfo]
+    chunks: int
+
+
+class DocumentList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DocumentInfo]
+    total: int
+
+
+class DocumentDetail(DocumentInfo):
+    collection: str
+    data: list[StoredChunk]
+
+
+class JobError(BaseModel):
+    document: str
+    message: str
+    code: str | None = None
+
+
+class Job(BaseModel):
+    id: str = Field(default_factory=lambda: new_id("job"))
+    object: Literal["job"] = "job"
+    collection: str
+    status: Literal["queued", "running", "succeeded", "failed", "partial"] = "queued"
+    documents_total: int = 0
+    documents_done: int = 0
+    documents_failed: int = 0
+    chunks_done: int = 0
+    errors: list[JobError] = Field(default_factory=list)
+    created_at: float = Field(default_factory=time.time)
+    finished_at: float | None = None
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Job]
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+class _Targets(_Strict):
+    collection: CollectionName | None = None
+    collections: Annotated[list[CollectionName], Field(min_length=1, max_length=16)] | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> _Targets:
+        if (self.collection is None) == (self.collections is None):
+            raise ValueError("give exactly one of 'collection' or 'collections'")
+        return self
+
+    def targets(self) -> list[str]:
+        return [self.collection] if self.collection is not None else list(dict.fromkeys(self.collections or []))
+
+
+class RetrieveRequest(_Targets):
+    query: NonEmpty
+    top_k: int = Field(10, ge=1, le=100)
+    mode: RetrievalMode = "hybrid"
+    fusion: Fusion = "rrf"
+    filter: MetadataFilter | None = None
+    score_threshold: float | None = None
+
+
+class RetrieveResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Hit]
+    timings: dict[str, float]
+
+
+class RerankRequest(_Strict):
+    query: NonEmpty
+    documents: list[str] | None = Field(None, description="Passages to rank.")
+    hits: list[Hit] | None = Field(None, description="Or hits of a retrieval, returned reordered.")
+    top_n: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> RerankRequest:
+        if (self.documents is None) == (self.hits is None):
+            raise ValueError("give exactly one of 'documents' or 'hits'")
+        return self
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: str | None = None
+    hit: Hit | None = None
+
+
+class RerankResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[RerankResult]
+
+
+# ---------------------------------------------------------------- answers
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class QueryRequest(_Targets):
+    query: str | None = None
+    messages: Annotated[list[Message], Field(min_length=1)] | None = None
+    top_k: int = Field(20, ge=1, le=100, description="Chunks retrieved before reranking.")
+    rerank: bool = Field(True, description="Rerank the retrieved chunks before keeping the best.")
+    rerank_top_n: int = Field(5, ge=1, le=50, description="Sources given to the model (the best after reranking).")
+    mode: RetrievalMode = "hybrid"
+    fusion: Fusion = "rrf"
+    filter: MetadataFilter | None = None
+    score_threshold: float | None = Field(
+        None, description="Sources under this retrieval score are dropped; none left means 'I don't know'."
+    )
+    rewrite_query: bool = Field(False, description="Turn a follow-up into a standalone question before retrieval.")
+    expand_queries: int = Field(0, ge=0, le=4, description="Extra paraphrases retrieved and fused (multi-query).")
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+    stream: bool = False
+
+    @model_validator(mode="after")
+    def _question(self) -> QueryRequest:
+        if (self.query is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'query' or 'messages'")
+        if self.query is not None and not self.query.strip():
+            raise ValueError("query must not be empty")
+        if self.messages is not None and self.messages[-1].role != "user":
+            raise ValueError("the last message must be the user's question")
+        return self
+
+    def question(self) -> str:
+        return self.query if self.query is not None else (self.messages or [])[-1].content
+
+
+class Citation(BaseModel):
+    number: int
+    id: str
+    collection: str
+    doc_id: str
+    source: str | None = None
+    text: str
+    start: int
+    end: int
+    score: float
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class QueryResponse(BaseModel):
+    id: str = Field(default_factory=lambda: new_id("rag"))
+    object: Literal["rag.answer"] = "rag.answer"
+    model: str
+    answer: str
+    citations: list[Citation]
+    sources: list[Citation] = Field(description="Every source given to the model, numbered as in the prompt.")
+    query: str = Field(description="The query used for retrieval (rewritten when asked).")
+    usage: Usage
+    timings: dict[str, float]
+    finish_reason: str | None = None

@@ -1,0 +1,373 @@
+"""HTTP routes of the orchestrator (`/rag/*`, and `rag:<collection>` models on `/v1/chat/completions`).
+
+Routes only turn requests into calls on the loaded `RagService` and results into responses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from services.common.errors import InvalidRequest, ModelNotFound
+from services.common.http import cancel_on_disconnect
+from services.common.service import loaded_service, require_key
+from services.common.sse import DONE, sse_data, sse_response
+from services.generation.protocol import ChatCompletionRequest
+
+from .ingest import Upload
+from .metrics import Timings
+from .parsing import EXTENSIONS, ParsedDocument, html_text, parse_upload
+from .protocol import (
+    ChunkRequest,
+    ChunkResponse,
+    CollectionCreate,
+    CollectionList,
+    Deleted,
+    DocumentDetail,
+    DocumentList,
+    IngestRequest,
+    IngestResult,
+    Job,
+    JobList,
+    Message,
+    QueryRequest,
+    QueryResponse,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    RetrieveRequest,
+    RetrieveResponse,
+)
+from .service import RagService
+from .types import CollectionInfo
+
+RAG_MODEL_PREFIX = "rag:"
+
+
+def get_rag(request: Request) -> RagService:
+    service: RagService = loaded_service(request)
+    return service
+
+
+Rag = Annotated[RagService, Depends(get_rag)]
+router = APIRouter(dependencies=[Depends(require_key)])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Invalid request (OpenAI error body)."},
+    404: {"description": "Unknown collection, document or job."},
+    503: {"description": "Not ready, or a dependency is down."},
+}
+
+
+# ---------------------------------------------------------------- collections
+
+
+@router.get("/rag/collections", response_model=CollectionList, tags=["rag"])
+async def list_collections(rag: Rag) -> CollectionList:
+    """Collections with their point and document counts."""
+    return CollectionList(data=await rag.store.list_collections())
+
+
+@router.post("/rag/collections", response_model=CollectionInfo, responses=_ERRORS, tags=["rag"])
+async def create_collection(body: CollectionCreate, rag: Rag) -> CollectionInfo:
+    """Create a collection for the served embedding model (idempotent)."""
+    return await rag.ingestor.ensure_collection(body.name)
+
+
+@router.get("/rag/collections/{name}", response_model=CollectionInfo, responses=_ERRORS, tags=["rag"])
+async def get_collection(name: str, rag: Rag) -> CollectionInfo:
+    return await rag.store.get_collection(name)
+
+
+@router.delete("/rag/collections/{name}", response_model=Deleted, responses=_ERRORS, tags=["rag"])
+async def delete_collection(name: str, rag: Rag) -> Deleted:
+    await rag.store.get_collection(name)
+    await rag.store.delete_collection(name)
+    return Deleted(id=name, object="collection")
+
+
+# ---------------------------------------------------------------- documents
+
+
+_INGEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/IngestRequest"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "doc_ids": {"type": "string", "description": "JSON list of ids, one per file."},
+                        "metadata": {"type": "string", "description": "JSON object added to every file's metadata."},
+                        "chunking": {"type": "string", "description": "JSON chunking parameters."},
+                        "background": {"type": "string", "enum": ["true", "false"]},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def _json_field(form: Any, name: str, expected: type) -> Any:
+    raw = form.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"'{name}' must be JSON.", param=name) from None
+    if not isinstance(value, expected):
+        raise InvalidRequest(f"'{name}' must be a JSON {expected.__name__}.", param=name)
+    return value
+
+
+async def _uploads(request: Request) -> tuple[list[Upload], dict[str, Any] | None, bool | None]:
+    form = await request.form(max_files=10_000)
+    files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+    if not files:
+        raise InvalidRequest("Send one or more 'files' parts.", param="files")
+    ids = _json_field(form, "doc_ids", list)
+    if ids is not None and (len(ids) != len(files) or not all(isinstance(i, str) and i for i in ids)):
+        raise InvalidRequest("'doc_ids' must list one non-empty id per file.", param="doc_ids")
+    metadata = _json_field(form, "metadata", dict)
+    chunking = _json_field(form, "chunking", dict)
+    background = form.get("background")
+    uploads = []
+    for i, f in enumerate(files):
+        name = f.filename or "upload.txt"
+        if not any(name.lower().endswith(ext) for ext in EXTENSIONS):
+            parse_upload(name, b"")  # raises the 415 with the supported list
+        uploads.append(Upload(name, await f.read(), ids[i] if ids else None, metadata))
+    return uploads, chunking, None if background in (None, "") else str(background).lower() == "true"
+
+
+@router.post(
+    "/rag/collections/{name}/documents",
+    response_model=IngestResult,
+    responses={**_ERRORS, 202: {"model": Job}, 413: {"description": "Too large."}, 415: {"description": "Bad type."}},
+    openapi_extra=_INGEST_BODY,
+    tags=["rag"],
+)
+async def ingest(name: str, request: Request, rag: Rag) -> Response:
+    """Ingest JSON documents or uploaded files (.txt .md .html .pdf); large ones run as a job (202)."""
+    content_type = request.headers.get("content-type", "")
+    size = int(request.headers.get("content-length") or 0)
+    if content_type.startswith("multipart/form-data"):
+        uploads, chunking, background = await _uploads(request)
+        if background is None:
+            background = size > rag.settings.background_threshold_bytes or len(uploads) > 16
+        if background:
+            await rag.ingestor.ensure_collection(name)
+            job = rag.jobs.submit(name, list(uploads), chunking)
+            return JSONResponse(job.model_dump(mode="json"), status_code=202)
+        docs = [u.parse() for u in uploads]
+    else:
+        try:
+            body = IngestRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        chunking, background = body.chunking, body.background
+        docs = [ParsedDocument(d.text, d.format, d.source, d.metadata, d.id) for d in body.documents]
+        for doc in docs:
+            if doc.format == "html":
+                doc.text, extra = html_text(doc.text)
+                doc.metadata = {**extra, **doc.metadata}
+        if background is None:
+            background = size > rag.settings.background_threshold_bytes or len(docs) > 16
+        if background:
+            await rag.ingestor.ensure_collection(name)
+            job = rag.jobs.submit(name, list(docs), chunking)
+            return JSONResponse(job.model_dump(mode="json"), status_code=202)
+    result = await rag.ingestor.ingest(name, docs, chunking)
+    return JSONResponse(result.model_dump(mode="json"))
+
+
+def _invalid(exc: ValidationError) -> InvalidRequest:
+    err = exc.errors()[0]
+    if err.get("type") == "json_invalid":
+        return InvalidRequest("The request body is not valid JSON.", code="invalid_json")
+    param = ".".join(str(p) for p in err["loc"]) or None
+    return InvalidRequest(f"{param}: {err['msg']}" if param else err["msg"], param=param, code="invalid_value")
+
+
+@router.get("/rag/collections/{name}/documents", response_model=DocumentList, responses=_ERRORS, tags=["rag"])
+async def list_documents(
+    name: str, rag: Rag, limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0
+) -> DocumentList:
+    await rag.store.get_collection(name)
+    docs, total = await rag.store.list_documents(name, limit=limit, offset=offset)
+    return DocumentList(data=docs, total=total)
+
+
+@router.get(
+    "/rag/collections/{name}/documents/{doc_id}", response_model=DocumentDetail, responses=_ERRORS, tags=["rag"]
+)
+async def get_document(name: str, doc_id: str, rag: Rag) -> DocumentDetail:
+    info, chunks = await rag.store.get_document(name, doc_id)
+    return DocumentDetail(**info.model_dump(), collection=name, data=chunks)
+
+
+@router.delete("/rag/collections/{name}/documents/{doc_id}", response_model=Deleted, responses=_ERRORS, tags=["rag"])
+async def delete_document(name: str, doc_id: str, rag: Rag) -> Deleted:
+    await rag.store.delete_document(name, doc_id)
+    return Deleted(id=doc_id, object="document")
+
+
+@router.get("/rag/jobs", response_model=JobList, tags=["rag"])
+async def list_jobs(rag: Rag) -> JobList:
+    return JobList(data=rag.jobs.all())
+
+
+@router.get("/rag/jobs/{job_id}", response_model=Job, responses=_ERRORS, tags=["rag"])
+async def get_job(job_id: str, rag: Rag) -> Job:
+    """Progress of a background ingestion: documents and chunks done, errors per file."""
+    return rag.jobs.get(job_id)
+
+
+# ---------------------------------------------------------------- chunk, retrieve, rerank
+
+
+@router.post("/rag/chunk", response_model=ChunkResponse, responses=_ERRORS, tags=["rag"])
+async def chunk(body: ChunkRequest, rag: Rag) -> ChunkResponse:
+    """Chunks of a text as ingestion would make them, without storing anything."""
+    doc = ParsedDocument(body.text, body.format)
+    if body.format == "html":
+        doc.text, _ = html_text(body.text)
+    params = rag.ingestor.chunking(body.chunking, body.format)
+    chunks = await rag.chunker.chunk(doc.text, params)
+    return ChunkResponse(data=chunks, strategy=params.strategy, max_tokens=rag.chunker.max_tokens)
+
+
+@router.post("/rag/retrieve", response_model=RetrieveResponse, responses=_ERRORS, tags=["rag"])
+async def retrieve(body: RetrieveRequest, rag: Rag) -> RetrieveResponse:
+    """Best chunks for a query: dense, sparse (BM25) or hybrid (Qdrant's prefetch + RRF/DBSF fusion)."""
+    timings = Timings(rag.metrics)
+    hits = await rag.retriever.retrieve(
+        body.targets(), body.query, top_k=body.top_k, mode=body.mode, fusion=body.fusion, filter=body.filter,
+        score_threshold=body.score_threshold, timings=timings,
+    )  # fmt: skip
+    return RetrieveResponse(data=hits, timings=dict(timings))
+
+
+@router.post("/rag/rerank", response_model=RerankResponse, responses=_ERRORS, tags=["rag"])
+async def rerank(body: RerankRequest, rag: Rag) -> RerankResponse:
+    """Passages (or a retrieval's hits) ordered by the rerank service."""
+    texts = body.documents if body.documents is not None else [h.text for h in body.hits or []]
+    ranked = await rag.links.embeddings.rerank(body.query, texts, body.top_n)
+    results = [
+        RerankResult(
+            index=i,
+            relevance_score=score,
+            document=texts[i] if body.documents is not None else None,
+            hit=(body.hits[i].model_copy(update={"score": score}) if body.hits is not None else None),
+        )
+        for i, score in ranked
+    ]
+    return RerankResponse(model=rag.links.embeddings.rerank_model, data=results)
+
+
+# ---------------------------------------------------------------- answers
+
+
+@router.post("/rag/query", response_model=QueryResponse, responses=_ERRORS, tags=["rag"])
+async def query(body: QueryRequest, request: Request, rag: Rag) -> Response:
+    """Answer from the collection(s) with citations; `stream: true` sends typed events."""
+    if body.stream:
+        return sse_response(await cancel_on_disconnect(request, rag.answerer.stream(body)))
+    result = await cancel_on_disconnect(request, rag.answerer.answer(body))
+    return JSONResponse(result.model_dump(mode="json"))
+
+
+def rag_targets(model: str) -> list[str]:
+    """Collections named by a `rag:<collection>[,<collection>…]` model."""
+    names = [n.strip() for n in model.removeprefix(RAG_MODEL_PREFIX).split(",") if n.strip()]
+    if not model.startswith(RAG_MODEL_PREFIX) or not names:
+        raise ModelNotFound(model)
+    return names
+
+
+@router.post("/v1/chat/completions", responses=_ERRORS, tags=["openai"], include_in_schema=False)
+async def rag_chat_completions(body: ChatCompletionRequest, request: Request, rag: Rag) -> Response:
+    """OpenAI chat on a collection (`model: "rag:<collection>"`); sources in the extra `sources` field."""
+    targets = rag_targets(body.model)
+    turns = [m for m in body.messages if m.role in ("user", "assistant")]
+    if not turns or turns[-1].role != "user":
+        raise InvalidRequest("The last message must be the user's.", param="messages")
+    extra = body.model_extra or {}
+    req = QueryRequest(
+        collections=targets,
+        messages=[Message(role=m.role, content=m.text()) for m in turns],
+        max_tokens=body.completion_limit(),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        rewrite_query=bool(extra.get("rewrite_query", len(turns) > 1)),
+        stream=body.stream,
+    )
+    created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
+    if not body.stream:
+        answer = await cancel_on_disconnect(request, rag.answerer.answer(req))
+        return JSONResponse(
+            {
+                "id": cid, "object": "chat.completion", "created": created, "model": body.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer},
+                             "finish_reason": answer.finish_reason or "stop"}],
+                "usage": answer.usage.model_dump(),
+                "sources": [c.model_dump(mode="json") for c in answer.citations],
+                "timings": answer.timings,
+            }  # fmt: skip
+        )
+    events = await cancel_on_disconnect(request, rag.answerer.stream(req))
+    return sse_response(_openai_chunks(events, cid, created, body.model, body.stream_options))
+
+
+async def _openai_chunks(
+    events: AsyncIterator[str], cid: str, created: int, model: str, options: Any
+) -> AsyncIterator[str]:
+    """The RAG events as OpenAI chat chunks; sources ride on the last chunk, which stock clients ignore."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return sse_data({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                         "choices": [choice], **extra})  # fmt: skip
+
+    yield chunk({"role": "assistant", "content": ""})
+    citations: list[Any] = []
+    async for event in events:
+        data = json.loads(event.split("data: ", 1)[1])
+        if data["type"] == "delta":
+            yield chunk({"content": data["text"]})
+        elif data["type"] == "citations":
+            citations = data["citations"]
+        elif data["type"] == "done":
+            yield chunk({}, data.get("finish_reason") or "stop", sources=citations, timings=data["timings"])
+            if options is not None and getattr(options, "include_usage", False):
+                yield sse_data({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                "choices": [], "usage": data["usage"]})  # fmt: skip
+    yield DONE
+
+
+def rag_model_cards(collections: list[CollectionInfo]) -> list[dict[str, Any]]:
+    return [
+        {"id": f"{RAG_MODEL_PREFIX}{c.name}", "object": "model", "created": 0, "owned_by": "inferag-rag"}
+        for c in collections
+    ]
+
+
+@router.get("/v1/models", tags=["openai"])
+async def models(rag: Rag) -> dict[str, Any]:
+    """One `rag:<collection>` model per collection."""
+    return {"object": "list", "data": rag_model_cards(await rag.store.list_collections())}
+

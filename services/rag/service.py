@@ -1,0 +1,166 @@
+"""The loaded orchestrator: store, upstream links, chunker, ingestion, retrieval, answers.
+
+Upstreams are reached through interfaces (`Embedder`/`Reranker`, `Generator`, an
+OpenAI-compatible HTTP client for LangChain) that have an in-process and an HTTP
+implementation; `Links` carries whichever the deployment uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from services.common.errors import InferagError, NotFound, UpstreamUnavailable
+from services.embeddings.client import HttpEmbeddings, InProcessEmbeddings
+from services.embeddings.models import PACKAGED, resolve_model
+
+from .answer import Answerer
+from .bm25 import BM25Encoder
+from .chunking import Chunker
+from .generator import Generator, HttpGenerator
+from .ingest import Ingestor, JobManager
+from .metrics import RagMetrics
+from .retrieval import Retriever
+from .settings import RagSettings
+from .store import VectorStore, open_store
+from .types import CollectionInfo, DocumentInfo, Hit, StoredChunk
+
+log = logging.getLogger(__name__)
+
+Embeddings = InProcessEmbeddings | HttpEmbeddings
+
+
+@dataclass
+class Links:
+    """How this process reaches the embeddings and generation services."""
+
+    embeddings: Embeddings
+    generator: Generator
+    # OpenAI-compatible client of the generation service, for LangChain's ChatOpenAI (the agent).
+    openai_http: httpx.AsyncClient
+    openai_base_url: str
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        for close in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                await close()
+
+
+def _headers(settings: RagSettings) -> dict[str, str]:
+    key = settings.upstream_key()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+async def http_links(settings: RagSettings) -> Links:
+    """Links to services over the network, waiting until both answer (their start can take minutes)."""
+    assert settings.embeddings_url and settings.generation_url
+    gen_client = httpx.AsyncClient(
+        base_url=settings.generation_url, headers=_headers(settings), timeout=settings.upstream_timeout
+    )
+    generator = HttpGenerator(gen_client)
+    delay = 0.5
+    while True:
+        try:
+            embeddings = await HttpEmbeddings.connect(
+                settings.embeddings_url, api_key=settings.upstream_key(), request_timeout=settings.upstream_timeout
+            )
+            try:
+                await generator.models()
+            except BaseException:
+                await embeddings.aclose()
+                raise
+            break
+        except UpstreamUnavailable as exc:
+            log.info("waiting for upstream services: %s", exc.message)
+        except InferagError as exc:  # 503 while they load
+            log.info("waiting for upstream services: %s", exc.message)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5)
+    return Links(
+        embeddings=embeddings,
+        generator=generator,
+        openai_http=gen_client,
+        openai_base_url=settings.generation_url.rstrip("/") + "/v1",
+        closers=[gen_client.aclose, embeddings.aclose],
+    )
+
+
+class KnowledgeBase:
+    """What the agent's tools see: search (retrieve + rerank), documents and collections."""
+
+    def __init__(self, service: RagService):
+        self.service = service
+
+    async def search(self, query: str, collections: list[str], top_k: int) -> list[Hit]:
+        hits = await self.service.retriever.retrieve(collections, query, top_k=max(top_k * 4, 20), mode="hybrid")
+        return await self.service.retriever.rerank(query, hits, top_k)
+
+    async def get_document(self, collection: str, doc_id: str) -> tuple[DocumentInfo, list[StoredChunk]]:
+        return await self.service.store.get_document(collection, doc_id)
+
+    async def list_collections(self) -> list[CollectionInfo]:
+        return await self.service.store.list_collections()
+
+
+class RagService:
+    def __init__(self, settings: RagSettings, store: VectorStore, links: Links, chunker: Chunker, metrics: RagMetrics):
+        self.settings, self.store, self.links, self.chunker, self.metrics = settings, store, links, chunker, metrics
+        self.sparse = BM25Encoder()
+        self.ingestor = Ingestor(store, links.embeddings, chunker, self.sparse, settings, metrics)
+        self.jobs = JobManager(self.ingestor, settings, metrics)
+        self.retriever = Retriever(store, links.embeddings, links.embeddings, self.sparse, self.ingestor)
+        self.answerer = Answerer(self.retriever, links.generator, settings, metrics)
+        self.kb = KnowledgeBase(self)
+
+    @classmethod
+    async def load(cls, settings: RagSettings, metrics: RagMetrics, links: Links) -> RagService:
+        store = await asyncio.to_thread(
+            open_store,
+            url=settings.qdrant_url,
+            api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+            path=settings.store_path(),
+        )
+        try:
+            chunker = await asyncio.to_thread(_chunker, links.embeddings)
+        except BaseException:
+            await store.close()
+            raise
+        return cls(settings, store, links, chunker, metrics)
+
+    def chat_model(self, model: str, **kwargs: Any) -> Any:
+        """LangChain's ChatOpenAI on the generation service (in-process or remote), for the agent."""
+        from langchain_openai import ChatOpenAI
+
+        return ChatOpenAI(
+            model=model,
+            base_url=self.links.openai_base_url,
+            api_key=self.settings.upstream_key() or "none",
+            http_async_client=self.links.openai_http,
+            max_retries=0,
+            **kwargs,
+        )
+
+    async def collection_or_404(self, name: str) -> CollectionInfo:
+        return await self.store.get_collection(name)
+
+    async def close(self) -> None:
+        await self.jobs.close()
+        await self.store.close()
+        await self.links.aclose()
+
+
+def _chunker(embeddings: Embeddings) -> Chunker:
+    """The chunker counts tokens with the embedding model's own tokenizer (packaged models: offline)."""
+    name = embeddings.embed_model
+    folder = resolve_model(name) if name in PACKAGED else name
+    try:
+        return Chunker.for_model(folder, embeddings.max_input_tokens, embed=embeddings.embed)
+    except OSError as exc:
+        raise NotFound(f"No tokenizer for the embedding model '{name}': {exc}") from exc
