@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 from qdrant_client import models
 
-from services.common.errors import Conflict, InvalidRequest, NotFound
+from services.common.errors import Conflict, InvalidRequest, NotFound, UpstreamUnavailable
 from services.rag.bm25 import BM25Encoder, tokenize
 from services.rag.store import (
     LIVE,
@@ -442,7 +442,7 @@ async def test_filters_exclude_what_they_should(store: VectorStore, name: str) -
                 {"a.b": 1}, {"lang": None}, {"lang": {"any": []}}, {"lang": {"any": ["x", 1]}},
                 {"year": {"any": [1], "gte": 0}}, {"doc_id": 3}, "lang"]:
         with pytest.raises(InvalidRequest) as raised:
-            await search_docs(store, name, filter=bad)  # type: ignore[arg-type]
+            await search_docs(store, name, filter=bad)
         assert raised.value.param == "filter", bad
 
 
@@ -465,7 +465,7 @@ async def test_hybrid_finds_what_only_sparse_and_what_only_dense_matches(store: 
     assert [h.doc_id for h in sparse_hits] == ["rare-token"]
     for fusion in ("rrf", "dbsf"):
         hybrid = await store.search([name], dense=query_dense, sparse=sparse_query, mode="hybrid",
-                                    fusion=fusion, top_k=2)  # type: ignore[arg-type]
+                                    fusion=fusion, top_k=2)
         assert {h.doc_id for h in hybrid} == {"rare-token", "dense-twin"}, fusion
         assert hybrid[0].score >= hybrid[1].score and all(h.collection == name for h in hybrid)
     rare = next(h for h in hybrid if h.doc_id == "rare-token")
@@ -492,7 +492,7 @@ async def test_search_over_two_collections_merges_by_score(store: VectorStore, n
     assert {h.collection for h in hits} == {one, two} and len(hits) == 4
     for mode in ("sparse", "hybrid"):
         merged = await store.search([one, two], dense=embed(query), sparse=BM25.encode_query(query),
-                                    mode=mode, top_k=3)  # type: ignore[arg-type]
+                                    mode=mode, top_k=3)
         assert merged[0].text == query and len(merged) == 3
     assert len(await store.search([one, two], dense=embed(query), sparse=None, mode="dense", top_k=1)) == 1
 
@@ -522,3 +522,18 @@ async def test_ping_and_close_are_idempotent(opener: Opener) -> None:
     await store.close()
     with pytest.raises(Exception, match="closed"):
         await store.ping()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_an_unreachable_server_is_upstream_unavailable(tmp_path: Path) -> None:
+    store = open_store(url="http://127.0.0.1:1", api_key=None, path=tmp_path / "ignored")  # the url wins
+    assert store.mode == "server" and not (tmp_path / "ignored").exists()
+    try:
+        for call in (store.ping(), store.list_collections(),
+                     store.search(["c"], dense=embed("x"), sparse=None, mode="dense")):
+            with pytest.raises(UpstreamUnavailable, match="127.0.0.1:1"):
+                await call
+    finally:
+        await store.close()
+    with pytest.raises(ValueError):
+        open_store(url=None, api_key=None, path=None)
