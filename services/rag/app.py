@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from services.common.limits import BodyLimit
 from services.common.logging import setup_logging
 from services.common.service import build_service_app
 
@@ -43,7 +44,9 @@ def build_app(
     async def close(service: RagService) -> None:
         await service.close()
 
-    return build_service_app("rag", settings, registry, load, close, router)
+    app = build_service_app("rag", settings, registry, load, close, router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    return app
 
 
 def main() -> None:
