@@ -1,0 +1,19 @@
+"""What the agent needs from the knowledge base; the RAG service's retrieval implements it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from services.rag.types import CollectionInfo, DocumentInfo, Hit, StoredChunk
+
+
+class KnowledgeBase(Protocol):
+    async def search(self, query: str, collections: list[str], top_k: int) -> list[Hit]:
+        """Retrieve and rerank; best first."""
+        ...
+
+    async def get_document(self, collection: str, doc_id: str) -> tuple[DocumentInfo, list[StoredChunk]]:
+        """A document and its chunks in order; raises `services.common.errors.NotFound`."""
+        ...
+
+    async def list_collections(self) -> list[CollectionInfo]: ...

@@ -1,0 +1,171 @@
+"""Wire models of the agent route: the request, the typed stream events and the collected response."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+AgentProtocol = Literal["auto", "native", "react"]
+StoppedReason = Literal["answer", "max_steps", "time_limit", "error"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Field(max_length=100_000)]
+
+
+class AgentRequest(_Strict):
+    """`POST /rag/agent`. Exactly one of `query` / `messages`; at least one collection."""
+
+    collection: str | None = None
+    collections: Annotated[list[str], Field(max_length=16)] | None = None
+    query: Annotated[str, Field(min_length=1, max_length=20_000)] | None = None
+    messages: Annotated[list[AgentMessage], Field(min_length=1, max_length=100)] | None = None
+    tools: list[str] | None = Field(None, description="Subset of the registered tools; all of them when absent.")
+    max_steps: Annotated[int, Field(ge=1, le=20)] = Field(6, description="The most model turns that call tools.")
+    stream: bool = False
+    protocol: AgentProtocol = Field(
+        "auto",
+        description="native: OpenAI tool calls; react: Thought/Action text; auto: native if the engine has them.",
+    )
+    top_k: Annotated[int, Field(ge=1, le=50)] = 5
+    max_tokens: Annotated[int, Field(ge=1, le=32_768)] | None = Field(None, description="Per model turn.")
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+
+    @model_validator(mode="after")
+    def _checks(self) -> AgentRequest:
+        if (self.query is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'query' and 'messages'")
+        if self.messages is not None and self.messages[-1].role != "user":
+            raise ValueError("the last message must be the user's")
+        if not self.target_collections():
+            raise ValueError("give 'collection' or 'collections'")
+        return self
+
+    def target_collections(self) -> list[str]:
+        names = ([self.collection] if self.collection else []) + list(self.collections or [])
+        return list(dict.fromkeys(n for n in names if n))
+
+
+class Citation(BaseModel):
+    number: int
+    doc_id: str
+    collection: str
+    text: str
+    start: int
+    end: int
+    score: float | None = None
+    chunk_id: str | None = None
+    source: str | None = None
+
+
+class Step(BaseModel):
+    """One tool call of the trace."""
+
+    turn: int
+    thought: str | None = None
+    tool: str
+    arguments: dict[str, Any]
+    observation: str | None = None
+    error: bool = False
+    truncated: bool = False
+    duration_ms: float | None = None
+
+
+class AgentUsage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class AgentTimings(BaseModel):
+    total_ms: float = 0.0
+    model_ms: float = 0.0
+    tools_ms: float = 0.0
+    model_calls: int = 0
+
+
+# ------------------------------------------------------------------ events
+
+
+class ThoughtEvent(BaseModel):
+    type: Literal["thought"] = "thought"
+    turn: int
+    text: str
+
+
+class ToolCallEvent(BaseModel):
+    type: Literal["tool_call"] = "tool_call"
+    turn: int
+    id: str
+    tool: str
+    arguments: dict[str, Any]
+
+
+class ToolResultEvent(BaseModel):
+    type: Literal["tool_result"] = "tool_result"
+    turn: int
+    id: str
+    tool: str
+    observation: str
+    error: bool = False
+    truncated: bool = False
+    duration_ms: float
+
+
+class DeltaEvent(BaseModel):
+    """A piece of the final answer."""
+
+    type: Literal["delta"] = "delta"
+    text: str
+
+
+class CitationsEvent(BaseModel):
+    type: Literal["citations"] = "citations"
+    citations: list[Citation]
+
+
+class ErrorEvent(BaseModel):
+    type: Literal["error"] = "error"
+    message: str
+    code: str | None = None
+
+
+class DoneEvent(BaseModel):
+    """Always the last event of a run that did not raise."""
+
+    type: Literal["done"] = "done"
+    stopped_reason: StoppedReason
+    answer: str | None = None
+    message: str | None = Field(None, description="Why the run stopped, when it was not an answer.")
+    invalid_citations: list[int] = Field(default_factory=list, description="Cited numbers that name no source.")
+    protocol: Literal["native", "react"]
+    usage: AgentUsage
+    timings: AgentTimings
+
+
+AgentEvent = Annotated[
+    ThoughtEvent | ToolCallEvent | ToolResultEvent | DeltaEvent | CitationsEvent | ErrorEvent | DoneEvent,
+    Field(discriminator="type"),
+]
+
+
+class AgentResponse(BaseModel):
+    """The non-streaming answer: the events of a run, collected."""
+
+    object: Literal["rag.agent.result"] = "rag.agent.result"
+    answer: str | None
+    citations: list[Citation]
+    steps: list[Step]
+    stopped_reason: StoppedReason
+    message: str | None = None
+    error: str | None = None
+    invalid_citations: list[int] = Field(default_factory=list)
+    protocol: Literal["native", "react"]
+    usage: AgentUsage
+    timings: AgentTimings

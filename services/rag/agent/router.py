@@ -1,0 +1,118 @@
+"""`POST /rag/agent`: only turns `run_agent` into HTTP (JSON, or SSE events when `stream`)."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from langchain_core.language_models import BaseChatModel
+
+from services.common.errors import error_for
+from services.common.http import cancel_on_disconnect
+from services.common.sse import DONE, sse_data, sse_response
+
+from .kb import KnowledgeBase
+from .protocol import AgentEvent, AgentRequest, AgentResponse, ErrorEvent
+from .serving import agent_response, run_agent
+
+GetKB = Callable[[Request], KnowledgeBase | Awaitable[KnowledgeBase]]
+GetChatModel = Callable[[Request], BaseChatModel | Awaitable[BaseChatModel]]
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The answer and trace, or with `stream: true` server-sent events, one JSON object each."},
+    400: {"description": "Invalid request (OpenAI error body), e.g. an unknown tool."},
+    429: {"description": "The chat model is over capacity."},
+    503: {"description": "The chat model or knowledge base is unavailable."},
+}
+
+
+class AgentRoutes:
+    """The route's dependencies, resolved per request from the app (the KB and the chat model)."""
+
+    def __init__(
+        self,
+        get_kb: GetKB,
+        get_chat_model: GetChatModel,
+        *,
+        native_tools: bool = False,
+        time_limit_s: float = 60.0,
+        max_observation_chars: int = 4000,
+    ):
+        self.get_kb, self.get_chat_model = get_kb, get_chat_model
+        self.options: dict[str, Any] = {
+            "native_tools": native_tools,
+            "time_limit_s": time_limit_s,
+            "max_observation_chars": max_observation_chars,
+        }
+
+    async def agent(self, body: AgentRequest, request: Request) -> Response:
+        """Answer with tools (search, documents, calculator); `stream: true` sends typed events as SSE."""
+        kb = await _resolve(self.get_kb(request))
+        model = await _resolve(self.get_chat_model(request))
+        if body.stream:
+            # The first event is pulled before the response starts, so request and
+            # chat model errors still come back as HTTP errors.
+            events = await _started(run_agent(body, kb, model, **self.options))
+            return sse_response(_encoded(events))
+        result = await cancel_on_disconnect(request, agent_response(body, kb, model, **self.options))
+        return JSONResponse(result.model_dump(exclude_none=True))
+
+
+def make_agent_router(
+    get_kb: GetKB,
+    get_chat_model: GetChatModel,
+    *,
+    native_tools: bool = False,
+    time_limit_s: float = 60.0,
+    max_observation_chars: int = 4000,
+) -> APIRouter:
+    """A router with `POST /rag/agent`; `native_tools` says the engine parses tool calls (protocol auto → native)."""
+    routes = AgentRoutes(
+        get_kb,
+        get_chat_model,
+        native_tools=native_tools,
+        time_limit_s=time_limit_s,
+        max_observation_chars=max_observation_chars,
+    )
+    router = APIRouter(tags=["rag"])
+    router.add_api_route(
+        "/rag/agent", routes.agent, methods=["POST"], response_model=AgentResponse, responses=_RESPONSES
+    )
+    return router
+
+
+async def _resolve(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+async def _started(events: AsyncGenerator[AgentEvent, None]) -> AsyncGenerator[AgentEvent, None]:
+    """Pull the first event now (its errors raise here) and return a generator of all events."""
+    try:
+        first = await anext(events)
+    except BaseException:
+        await events.aclose()
+        raise
+
+    async def chained() -> AsyncGenerator[AgentEvent, None]:
+        async with contextlib.aclosing(events):
+            yield first
+            async for event in events:
+                yield event
+
+    return chained()
+
+
+async def _encoded(events: AsyncGenerator[AgentEvent, None]) -> AsyncIterator[str]:
+    """Events as `data: {...}` lines; a failure after the first byte is an `error` event, then the end."""
+    async with contextlib.aclosing(events):
+        try:
+            async for event in events:
+                yield sse_data(event)
+        except Exception as exc:
+            error = error_for(exc)[1]["error"]
+            yield sse_data(ErrorEvent(message=error["message"], code=error["code"] or error["type"]))
+    yield DONE
