@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from .auth import check_api_key
 from .errors import NotReady, error_body, install_error_handlers
 from .metrics import install_metrics
+from .request_id import RequestIdMiddleware
 from .settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def build_service_app(
 
     /health answers while the models load; /ready and the routes answer 503 until
     `load()` has finished. `close` always runs at shutdown for a loaded service.
+    Every response carries an `X-Request-Id` (the caller's or a new one), and so do its log lines.
     """
 
     @contextlib.asynccontextmanager
@@ -68,6 +70,8 @@ def build_service_app(
     setattr(app.state, name, None)
     install_error_handlers(app)
     install_metrics(app, registry, name)
+    # Added last, so it wraps everything: the id is set before any other layer logs.
+    app.add_middleware(RequestIdMiddleware, service=name)
     app.include_router(router)
     app.include_router(ops_router)
     return app
