@@ -1,74 +1,185 @@
-"""The one-process stack: generation and embeddings behind one port, for `make run` and laptops.
+"""One entry point for the whole stack: generation, embeddings and RAG behind one port.
 
-Each service keeps its own app (routes, lifespan, errors); the gateway routes each
-request to the service owning its path and answers the shared routes itself:
-`/health`, `/ready` (every service loaded), `/v1/models` (all models), `/metrics`.
+`make run` runs every service in this process (the laptop default). With
+`INFERAG_GENERATION_URL` / `INFERAG_EMBEDDINGS_URL` / `INFERAG_RAG_URL` set, the routes of
+that service are forwarded to it instead (compose and Kubernetes: one published port).
+Each service keeps its own app (routes, lifespan, errors); the gateway answers the shared
+routes itself: `/health`, `/ready` (every service ready), `/v1/models` (all models), `/metrics`.
+A chat request whose model is `rag:<collection>` goes to the RAG service.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from starlette.types import Receive, Scope, Send
+from pydantic import Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.auth import check_api_key
-from services.common.errors import error_body, install_error_handlers
+from services.common.errors import NotReady, error_body, install_error_handlers
 from services.common.logging import setup_logging
 from services.common.settings import CommonSettings
 from services.embeddings.app import build_app as build_embeddings
+from services.embeddings.client import InProcessEmbeddings
 from services.embeddings.settings import EmbeddingsSettings
 from services.generation.app import build_app as build_generation
 from services.generation.settings import GenerationSettings
+from services.rag.app import build_app as build_rag
+from services.rag.generator import InProcessGenerator
+from services.rag.router import RAG_MODEL_PREFIX
+from services.rag.service import Links
+from services.rag.settings import RagSettings
+
+from .proxy import Proxy
 
 log = logging.getLogger(__name__)
 
 EMBEDDING_PATHS = ("/v1/embeddings", "/v1/rerank", "/rerank", "/v1/sparse-embeddings")
+CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/chat"})
 SHARED_PATHS = frozenset({"/health", "/ready", "/v1/models", "/metrics"})
 
 
 class GatewaySettings(CommonSettings):
     """`INFERAG_HOST`, `INFERAG_PORT`, `INFERAG_API_KEY`, ...; each service reads its own prefix too."""
 
+    generation_url: str | None = Field(None, description="Forward generation routes there instead of in-process.")
+    embeddings_url: str | None = Field(None, description="Forward embeddings routes there instead of in-process.")
+    rag_url: str | None = Field(None, description="Forward /rag/* (and rag: models) there instead of in-process.")
+
+
+async def _replay(receive: Receive) -> tuple[bytes, Receive]:
+    """The whole request body, and a `receive` that gives it again (then the client's own messages)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = b"".join(chunks)
+    sent = False
+
+    async def again() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, again
+
+
+def _rag_model(body: bytes) -> bool:
+    try:
+        model = json.loads(body).get("model")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(model, str) and model.startswith(RAG_MODEL_PREFIX)
+
 
 class Gateway:
-    """ASGI app that dispatches by path to the front app (shared routes) or a service app."""
+    """ASGI app that dispatches by path to the front app (shared routes) or a service."""
 
-    def __init__(self, front: FastAPI, generation: FastAPI, embeddings: FastAPI):
-        self.front, self.generation, self.embeddings = front, generation, embeddings
+    def __init__(self, front: FastAPI, services: dict[str, ASGIApp]):
+        self.front, self.services = front, services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        target: ASGIApp
         if scope["type"] == "lifespan" or path in SHARED_PATHS:
             target = self.front
+        elif path.startswith("/rag/"):
+            target = self.services["rag"]
         elif path.startswith(EMBEDDING_PATHS):
-            target = self.embeddings
+            target = self.services["embeddings"]
+        elif path in CHAT_PATHS and scope["method"] == "POST":
+            body, receive = await _replay(receive)
+            if _rag_model(body):
+                target, scope = self.services["rag"], {**scope, "path": "/v1/chat/completions"}
+            else:
+                target = self.services["generation"]
         else:
-            target = self.generation
+            target = self.services["generation"]
         await target(scope, receive, send)
+
+
+async def _wait_loaded(app: FastAPI, name: str) -> Any:
+    while (service := getattr(app.state, name)) is None:
+        if app.state.load_error is not None:
+            raise NotReady(f"{name} failed to load: {app.state.load_error}")
+        await asyncio.sleep(0.1)
+    return service
+
+
+def inprocess_links(gen_app: FastAPI, emb_app: FastAPI, settings: RagSettings) -> Any:
+    """Links from the RAG service to the generation and embeddings apps of this process."""
+
+    async def make() -> Links:
+        emb_service = await _wait_loaded(emb_app, "embeddings")
+        await _wait_loaded(gen_app, "generation")
+        key = settings.upstream_key()
+        http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gen_app),
+            base_url="http://generation",
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+            timeout=settings.upstream_timeout,
+        )
+        return Links(
+            embeddings=InProcessEmbeddings(emb_service),
+            generator=InProcessGenerator(lambda: gen_app.state.generation),
+            openai_http=http,
+            openai_base_url="http://generation/v1",
+            closers=[http.aclose],
+        )
+
+    return make
 
 
 def build_gateway(
     settings: GatewaySettings | None = None,
     generation: GenerationSettings | None = None,
     embeddings: EmbeddingsSettings | None = None,
+    rag: RagSettings | None = None,
 ) -> Gateway:
     settings = settings or GatewaySettings()
     registry = CollectorRegistry()
-    gen_app = build_generation(generation, registry)
-    emb_app = build_embeddings(embeddings, registry)
-    services = {"generation": gen_app, "embeddings": emb_app}
+    urls = {"generation": settings.generation_url, "embeddings": settings.embeddings_url, "rag": settings.rag_url}
+    apps: dict[str, FastAPI] = {}
+    proxies: dict[str, Proxy] = {name: Proxy(name, url) for name, url in urls.items() if url}
+    if "generation" not in proxies:
+        apps["generation"] = build_generation(generation, registry)
+    if "embeddings" not in proxies:
+        apps["embeddings"] = build_embeddings(embeddings, registry)
+    if "rag" not in proxies:
+        rag = rag or RagSettings()
+        links = None
+        if "generation" in apps and "embeddings" in apps:
+            links = inprocess_links(apps["generation"], apps["embeddings"], rag)
+        elif not (rag.generation_url and rag.embeddings_url):
+            rag = rag.model_copy(
+                update={"generation_url": rag.generation_url or urls["generation"],
+                        "embeddings_url": rag.embeddings_url or urls["embeddings"]}  # fmt: skip
+            )
+        apps["rag"] = build_rag(rag, registry, links)
+    services: dict[str, ASGIApp] = {**apps, **proxies}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            for app in services.values():
+            for proxy in proxies.values():
+                stack.push_async_callback(proxy.aclose)
+            for app in apps.values():
                 await stack.enter_async_context(app.router.lifespan_context(app))
             yield
 
@@ -81,11 +192,14 @@ def build_gateway(
 
     @front.get("/ready", tags=["ops"])
     async def ready() -> Response:
-        states = {}
-        for name, app in services.items():
+        states: dict[str, str] = {}
+        for name, app in apps.items():
             loaded = getattr(app.state, name) is not None
             error = app.state.load_error
             states[name] = "ready" if loaded else (f"failed: {error}" if error else "loading")
+        for name, proxy in proxies.items():
+            ok, detail = await proxy.ready()
+            states[name] = "ready" if ok else detail
         if all(v == "ready" for v in states.values()):
             return JSONResponse({"status": "ready", "services": states})
         body = error_body(f"not ready: {states}", "service_unavailable", code="not_ready")
@@ -93,19 +207,29 @@ def build_gateway(
 
     @front.get("/v1/models", tags=["openai"])
     async def models(request: Request) -> dict[str, Any]:
+        """Every service's models (RAG: one `rag:<collection>` per collection)."""
         check_api_key(request, settings.api_key)
-        data: list[dict[str, Any]] = []
-        for name, app in services.items():
-            service = getattr(app.state, name)
-            if service is not None:
-                data.extend(m.model_dump(exclude_none=True) for m in service.models().data)
+        auth = {"authorization": request.headers["authorization"]} if "authorization" in request.headers else {}
+
+        async def listing(name: str, target: ASGIApp) -> list[dict[str, Any]]:
+            if isinstance(target, Proxy):
+                client = target.client
+                resp = await client.get("/v1/models", headers=auth)
+            else:
+                async with httpx.AsyncClient(transport=httpx.ASGITransport(app=target), base_url="http://x") as c:
+                    resp = await c.get("/v1/models", headers=auth)
+            data: list[dict[str, Any]] = resp.json().get("data", []) if resp.status_code == 200 else []
+            return data
+
+        lists = await asyncio.gather(*(listing(n, t) for n, t in services.items()), return_exceptions=True)
+        data = [card for cards in lists if isinstance(cards, list) for card in cards]
         return {"object": "list", "data": data}
 
     @front.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Gateway(front, gen_app, emb_app)
+    return Gateway(front, services)
 
 
 def main() -> None:
@@ -114,11 +238,9 @@ def main() -> None:
     settings = GatewaySettings()
     setup_logging(settings.log_level, settings.log_json)
     # INFERAG_API_KEY / INFERAG_DATA_DIR, when given, apply to every service; a service's own
-    # INFERAG_GEN_* / INFERAG_EMB_* value is kept otherwise.
+    # INFERAG_GEN_* / INFERAG_EMB_* / INFERAG_RAG_* value is kept otherwise.
     shared = {k: getattr(settings, k) for k in ("api_key", "data_dir") if k in settings.model_fields_set}
-    gen = GenerationSettings(**shared)
-    emb = EmbeddingsSettings(**shared)
-    app = build_gateway(settings, gen, emb)
+    app = build_gateway(settings, GenerationSettings(**shared), EmbeddingsSettings(**shared), RagSettings(**shared))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
 
 

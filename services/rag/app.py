@@ -8,18 +8,41 @@ mounts it with in-process links instead (`links=`).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from prometheus_client import CollectorRegistry
 
 from services.common.limits import BodyLimit
 from services.common.logging import setup_logging
-from services.common.service import build_service_app
+from services.common.service import build_service_app, require_key
 
+from .agent import make_agent_router
 from .metrics import RagMetrics
-from .router import router
+from .router import get_rag, router
 from .service import Links, RagService, http_links
 from .settings import RagSettings
+
+
+def api_router(settings: RagSettings) -> APIRouter:
+    """The RAG routes and the agent's, behind the API key."""
+    agent = make_agent_router(
+        lambda request: get_rag(request).kb,
+        agent_chat_model,
+        native_tools=settings.agent_native_tools,
+        time_limit_s=settings.agent_time_limit,
+        max_observation_chars=settings.agent_max_observation_chars,
+    )
+    api = APIRouter()
+    api.include_router(router)
+    api.include_router(agent, dependencies=[Depends(require_key)])
+    return api
+
+
+async def agent_chat_model(request: Request) -> Any:
+    """The agent's LangChain chat model: the generation service's default model, greedy."""
+    rag = get_rag(request)
+    return rag.chat_model(await rag.answerer.model(None), temperature=0, stream_usage=True)
 
 
 def build_app(
@@ -44,7 +67,7 @@ def build_app(
     async def close(service: RagService) -> None:
         await service.close()
 
-    app = build_service_app("rag", settings, registry, load, close, router)
+    app = build_service_app("rag", settings, registry, load, close, api_router(settings))
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     return app
 

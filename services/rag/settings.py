@@ -53,6 +53,11 @@ class RagSettings(CommonSettings):
         description="Default score threshold of /rag/query: sources scoring under it are dropped, and with none "
         "left the answer says it does not know. Compared with the rerank score when reranking, else the retrieval's.",
     )
+    agent_native_tools: bool = Field(
+        False,
+        description="The agent uses OpenAI tool calling (protocol auto → native); off: the ReAct text protocol, "
+        "which small models follow better.",
+    )
     agent_time_limit: float = Field(120, gt=0, description="Wall-clock seconds an agent run may take.")
     agent_max_observation_chars: int = Field(4000, ge=200, description="Cap on a tool result fed back to the model.")
 

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[str]:
     port = free_port()
-    env = {"INFERAG_PORT": str(port), "INFERAG_GEN_DEFAULT_MAX_TOKENS": "64", "INFERAG_LOG_LEVEL": "warning"}
+    env = {"INFERAG_PORT": str(port), "INFERAG_GEN_DEFAULT_MAX_TOKENS": "64", "INFERAG_LOG_LEVEL": "warning",
+           "INFERAG_RAG_QDRANT_PATH": ":memory:"}
     with running("services.gateway.app", env, port=port, timeout=600) as base:
         yield base
 
@@ -38,7 +39,7 @@ def test_one_port_serves_chat_and_embeddings(gateway: str) -> None:
 def test_shared_routes(gateway: str) -> None:
     assert httpx.get(gateway + "/health").json() == {"status": "ok"}
     ready = httpx.get(gateway + "/ready").json()
-    assert ready["services"] == {"generation": "ready", "embeddings": "ready"}
+    assert ready["services"] == {"generation": "ready", "embeddings": "ready", "rag": "ready"}
     metrics = httpx.get(gateway + "/metrics").text
     assert 'service="generation"' in metrics and 'service="embeddings"' in metrics
     assert "inferag_generation_tokens_total" in metrics and "inferag_embeddings_inputs_total" in metrics

@@ -34,8 +34,8 @@ async def post(app: FastAPI, body: dict[str, Any]) -> httpx.Response:
 
 def sse_events(text: str) -> list[Any]:
     data = [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
-    assert data[-1] == "[DONE]"
-    return [json.loads(d) for d in data[:-1]]
+    assert data[-1] != "[DONE]" and "event: " in text
+    return [json.loads(d) for d in data]
 
 
 BODY = {"collection": "geo", "query": "Where was the designer of the Eiffel Tower born?", "top_k": 1}

@@ -13,7 +13,7 @@ from langchain_core.language_models import BaseChatModel
 
 from services.common.errors import error_for
 from services.common.http import cancel_on_disconnect
-from services.common.sse import DONE, sse_data, sse_response
+from services.common.sse import sse_event, sse_response
 
 from .kb import KnowledgeBase
 from .protocol import AgentEvent, AgentRequest, AgentResponse, ErrorEvent
@@ -107,12 +107,12 @@ async def _started(events: AsyncGenerator[AgentEvent, None]) -> AsyncGenerator[A
 
 
 async def _encoded(events: AsyncGenerator[AgentEvent, None]) -> AsyncIterator[str]:
-    """Events as `data: {...}` lines; a failure after the first byte is an `error` event, then the end."""
+    """Typed events (`event: <type>`, JSON data with `type`), like /rag/query; a failure after the first
+    byte is an `error` event, then the end."""
     async with contextlib.aclosing(events):
         try:
             async for event in events:
-                yield sse_data(event)
+                yield sse_event(event.type, event)
         except Exception as exc:
             error = error_for(exc)[1]["error"]
-            yield sse_data(ErrorEvent(message=error["message"], code=error["code"] or error["type"]))
-    yield DONE
+            yield sse_event("error", ErrorEvent(message=error["message"], code=error["code"] or error["type"]))
