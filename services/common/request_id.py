@@ -78,7 +78,12 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _incoming_id(scope) or new_request_id()
+        rid = _incoming_id(scope)
+        if rid is None:
+            rid = new_request_id()
+            # Put it on the request too, so apps and proxies behind this one (the gateway's) keep it.
+            headers = [(k, v) for k, v in scope.get("headers", ()) if k != _HEADER_KEY]
+            scope = {**scope, "headers": [*headers, (_HEADER_KEY, rid.encode())]}
         token = _current.set(rid)
         start = time.perf_counter()
         status = 500

@@ -107,3 +107,18 @@ async def ready(request: Request) -> Response:
     except NotReady as exc:
         return JSONResponse(error_body(exc.message, "service_unavailable", code="not_ready"), status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+def serve(app: Any, settings: CommonSettings) -> None:
+    """Run `app` with uvicorn: our JSON access line (RequestIdMiddleware) instead of uvicorn's, and on
+    SIGTERM no new connections, then in-flight requests and streams get `shutdown_grace_s` to finish."""
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    )

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.common.logging import setup_logging
-from services.common.service import build_service_app
+from services.common.service import build_service_app, serve
 
 from .engines.base import resolve_device, resolve_dtype, set_threads
 from .engines.cross_encoder import CrossEncoderScorer
@@ -111,11 +111,9 @@ def build_app(settings: EmbeddingsSettings | None = None, registry: CollectorReg
 
 
 def main() -> None:
-    import uvicorn
-
     settings = EmbeddingsSettings()
     setup_logging(settings.log_level, settings.log_json)
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    serve(build_app(settings), settings)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common.auth import check_api_key
 from services.common.errors import NotReady, error_body, install_error_handlers
 from services.common.logging import setup_logging
+from services.common.request_id import RequestIdMiddleware
+from services.common.service import serve
 from services.common.settings import CommonSettings
 from services.embeddings.app import build_app as build_embeddings
 from services.embeddings.client import InProcessEmbeddings
@@ -35,6 +37,7 @@ from services.embeddings.settings import EmbeddingsSettings
 from services.generation.app import build_app as build_generation
 from services.generation.settings import GenerationSettings
 from services.rag.app import build_app as build_rag
+from services.rag.app import refuse_locked_store
 from services.rag.generator import InProcessGenerator
 from services.rag.router import RAG_MODEL_PREFIX
 from services.rag.service import Links
@@ -232,16 +235,18 @@ def build_gateway(
     return Gateway(front, services)
 
 
-def main() -> None:
-    import uvicorn
 
+def main() -> None:
     settings = GatewaySettings()
     setup_logging(settings.log_level, settings.log_json)
     # INFERAG_API_KEY / INFERAG_DATA_DIR, when given, apply to every service; a service's own
     # INFERAG_GEN_* / INFERAG_EMB_* / INFERAG_RAG_* value is kept otherwise.
     shared = {k: getattr(settings, k) for k in ("api_key", "data_dir") if k in settings.model_fields_set}
-    app = build_gateway(settings, GenerationSettings(**shared), EmbeddingsSettings(**shared), RagSettings(**shared))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    rag = RagSettings(**shared)
+    if not settings.rag_url:
+        refuse_locked_store(rag)
+    gateway = build_gateway(settings, GenerationSettings(**shared), EmbeddingsSettings(**shared), rag)
+    serve(RequestIdMiddleware(gateway, service="gateway"), settings)
 
 
 if __name__ == "__main__":

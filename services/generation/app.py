@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.common.logging import setup_logging
-from services.common.service import build_service_app
+from services.common.service import build_service_app, serve
 
 from .engines.base import Engine
 from .models import resolve_model
@@ -97,11 +97,9 @@ def build_app(settings: GenerationSettings | None = None, registry: CollectorReg
 
 
 def main() -> None:
-    import uvicorn
-
     settings = GenerationSettings()
     setup_logging(settings.log_level, settings.log_json)
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    serve(build_app(settings), settings)
 
 
 if __name__ == "__main__":

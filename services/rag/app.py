@@ -15,13 +15,14 @@ from prometheus_client import CollectorRegistry
 
 from services.common.limits import BodyLimit
 from services.common.logging import setup_logging
-from services.common.service import build_service_app, require_key
+from services.common.service import build_service_app, require_key, serve
 
 from .agent import make_agent_router
 from .metrics import RagMetrics
 from .router import get_rag, router
 from .service import Links, RagService, http_links
 from .settings import RagSettings
+from .store import StoreLocked, check_folder_free
 
 
 def api_router(settings: RagSettings) -> APIRouter:
@@ -72,9 +73,17 @@ def build_app(
     return app
 
 
-def main() -> None:
-    import uvicorn
+def refuse_locked_store(settings: RagSettings) -> None:
+    """Exit with a one-line message when another process holds the embedded store (not a traceback later)."""
+    if settings.qdrant_url:
+        return
+    try:
+        check_folder_free(settings.store_path())
+    except StoreLocked as exc:
+        raise SystemExit(f"error: {exc.message}") from None
 
+
+def main() -> None:
     settings = RagSettings()
     setup_logging(settings.log_level, settings.log_json)
     if not (settings.embeddings_url and settings.generation_url):
@@ -82,7 +91,8 @@ def main() -> None:
             "The RAG service alone needs INFERAG_RAG_EMBEDDINGS_URL and INFERAG_RAG_GENERATION_URL; "
             "to run everything in one process use `python -m services.gateway.app` (make run)."
         )
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    refuse_locked_store(settings)
+    serve(build_app(settings), settings)
 
 
 if __name__ == "__main__":

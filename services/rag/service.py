@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from services.common.errors import InferagError, NotFound, UpstreamUnavailable
+from services.common.request_id import propagate_request_id
 from services.embeddings.client import HttpEmbeddings, InProcessEmbeddings
 from services.embeddings.models import PACKAGED, resolve_model
 
@@ -53,29 +54,28 @@ class Links:
                 await close()
 
 
-def _headers(settings: RagSettings) -> dict[str, str]:
+def _client(settings: RagSettings, base_url: str) -> httpx.AsyncClient:
+    """A client for an upstream service: the service key, and this request's X-Request-Id passed on."""
     key = settings.upstream_key()
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {key}"} if key else {},
+        timeout=settings.upstream_timeout,
+        event_hooks={"request": [propagate_request_id]},
+    )
 
 
 async def http_links(settings: RagSettings) -> Links:
     """Links to services over the network, waiting until both answer (their start can take minutes)."""
     assert settings.embeddings_url and settings.generation_url
-    gen_client = httpx.AsyncClient(
-        base_url=settings.generation_url, headers=_headers(settings), timeout=settings.upstream_timeout
-    )
+    gen_client = _client(settings, settings.generation_url)
+    emb_client = _client(settings, settings.embeddings_url)
     generator = HttpGenerator(gen_client)
     delay = 0.5
     while True:
         try:
-            embeddings = await HttpEmbeddings.connect(
-                settings.embeddings_url, api_key=settings.upstream_key(), request_timeout=settings.upstream_timeout
-            )
-            try:
-                await generator.models()
-            except BaseException:
-                await embeddings.aclose()
-                raise
+            embeddings = await HttpEmbeddings.connect(settings.embeddings_url, client=emb_client)
+            await generator.models()
             break
         except UpstreamUnavailable as exc:
             log.info("waiting for upstream services: %s", exc.message)
@@ -88,7 +88,7 @@ async def http_links(settings: RagSettings) -> Links:
         generator=generator,
         openai_http=gen_client,
         openai_base_url=settings.generation_url.rstrip("/") + "/v1",
-        closers=[gen_client.aclose, embeddings.aclose],
+        closers=[gen_client.aclose, emb_client.aclose],
     )
 
 
@@ -126,6 +126,8 @@ class RagService:
             url=settings.qdrant_url,
             api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
             path=settings.store_path(),
+            shard_number=settings.qdrant_shard_number,
+            replication_factor=settings.qdrant_replication_factor,
         )
         try:
             chunker = await asyncio.to_thread(_chunker, links.embeddings)

@@ -22,6 +22,12 @@ class RagSettings(CommonSettings):
     qdrant_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("QDRANT_API_KEY", "INFERAG_RAG_QDRANT_API_KEY"), description="Qdrant key."
     )
+    qdrant_shard_number: int | None = Field(
+        None, ge=1, description="Shards of each new collection on a Qdrant cluster (server default: one per node)."
+    )
+    qdrant_replication_factor: int | None = Field(
+        None, ge=1, description="Copies of each shard on a Qdrant cluster (server default: 1)."
+    )
     qdrant_path: str | None = Field(
         None, description="Folder of the embedded store (one process at a time); default <data_dir>/qdrant; ':memory:'."
     )

@@ -250,7 +250,7 @@ class VectorStore:
     """Collections of chunk points with a document registry, over qdrant-client. See the module docstring."""
 
     def __init__(self, *, url: str | None = None, api_key: str | None = None, path: str | Path | None = None,
-                 timeout_s: int = 10):
+                 timeout_s: int = 10, shard_number: int | None = None, replication_factor: int | None = None):
         if url:
             self.mode: Mode = "server"
             self.location = url
@@ -265,6 +265,11 @@ class VectorStore:
         self._url = url
         self._api_key = api_key
         self._timeout_s = timeout_s
+        # Cluster layout of new collections (server only; embedded Qdrant has one shard).
+        self._layout: dict[str, Any] = {}
+        if url:
+            self._layout = {k: v for k, v in (("shard_number", shard_number),
+                                              ("replication_factor", replication_factor)) if v is not None}
         self._closed = False
         self._recovered = False
         self._ready_lock = asyncio.Lock()
@@ -434,6 +439,7 @@ class VectorStore:
             sparse_vectors_config=sparse or None,
             metadata={_META_KEY: {"dimension": wanted.dimension, "embed_model": wanted.embed_model,
                                   "sparse_model": wanted.sparse_model, "metadata": metadata}},
+            **self._layout,
         )
         if not self.embedded:
             for field in ("doc_id", "state", "version"):
@@ -442,7 +448,7 @@ class VectorStore:
 
     def _create_registry_sync(self, name: str) -> None:
         # no vectors: the registry is only read by id and scrolled
-        self._client.create_collection(registry_name(name), vectors_config={})
+        self._client.create_collection(registry_name(name), vectors_config={}, **self._layout)
         if not self.embedded:
             self._index_sync(registry_name(name), "doc_id", models.PayloadSchemaType.KEYWORD)
 
@@ -890,10 +896,33 @@ class VectorStore:
             self._executor.shutdown(wait=True)
 
 
-def open_store(*, url: str | None, api_key: str | None = None, path: str | Path | None = None) -> VectorStore:
+def open_store(*, url: str | None, api_key: str | None = None, path: str | Path | None = None,
+               shard_number: int | None = None, replication_factor: int | None = None) -> VectorStore:
     """A store on the Qdrant server at `url` if given, else embedded in `path` (`":memory:"`: in memory).
 
     Raises `StoreLocked` when the folder is open in another process.
     """
-    return VectorStore(url=url, api_key=api_key, path=path)
+    return VectorStore(url=url, api_key=api_key, path=path, shard_number=shard_number,
+                       replication_factor=replication_factor)
 
+
+
+def check_folder_free(path: str | Path) -> None:
+    """Raise `StoreLocked` now if another process holds the embedded store in `path` (a startup check:
+    embedded Qdrant loads every point before it looks at its lock, and a server should not start half-way)."""
+    if str(path) == ":memory:":
+        return
+    lock_path = Path(path).expanduser() / ".lock"
+    if not lock_path.exists():
+        return
+    import portalocker
+
+    with open(lock_path, "r+") as f:
+        try:
+            portalocker.lock(f, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+        except portalocker.exceptions.LockException:
+            raise StoreLocked(
+                f"The vector store folder {Path(path).resolve()} is in use by another process (embedded Qdrant "
+                "allows one). Stop the other process, or run a Qdrant server and set QDRANT_URL."
+            ) from None
+        portalocker.unlock(f)

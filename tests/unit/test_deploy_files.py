@@ -30,15 +30,6 @@ SECRETS = {"INFERAG_API_KEY", "QDRANT_API_KEY", "GRAFANA_ADMIN_PASSWORD"}
 APP_SERVICES = {"generation", "embeddings", "rag", "gateway"}
 PINNED = re.compile(r":v?\d+\.\d+\.\d+$")
 PINNED_BASE = re.compile(r":v?\d+\.\d+\.\d+(-[\w.-]+)?$")  # python:3.11.13-slim-bookworm
-# Settings compose and the chart pass that the services are still being taught to read: the RAG
-# collection's shards and replicas, and the gateway's proxy mode. Their tests xfail until then.
-PENDING_SETTINGS = {
-    "INFERAG_RAG_QDRANT_SHARD_NUMBER",
-    "INFERAG_RAG_QDRANT_REPLICATION_FACTOR",
-    "INFERAG_GENERATION_URL",
-    "INFERAG_EMBEDDINGS_URL",
-    "INFERAG_RAG_URL",
-}
 
 
 class _ComposeLoader(yaml.SafeLoader):
@@ -235,10 +226,7 @@ def test_compose_and_chart_set_only_settings_the_services_read(service: str) -> 
     prefix = cls.model_config.get("env_prefix", "")
     passed = set(compose()["services"][service]["environment"]) | set(_chart_env(service))
     ours = {n for n in passed if n.startswith(prefix) or n.startswith("QDRANT_")}
-    unknown = ours - known
-    assert not (unknown - PENDING_SETTINGS), f"{service} does not read {unknown}"
-    if unknown:
-        pytest.xfail(f"{service} does not read {sorted(unknown)} yet")
+    assert not ours - known, f"{service} does not read {ours - known}"
 
 
 @pytest.mark.parametrize(
@@ -251,8 +239,7 @@ def test_compose_defaults_are_valid_settings(
     """What compose passes from .env.example as it is must start the service (empty = the default)."""
     from services.common.settings import CommonSettings
 
-    if not CommonSettings.model_config.get("env_ignore_empty"):
-        pytest.xfail("empty settings (VAR=) need env_ignore_empty=True in CommonSettings")
+    assert CommonSettings.model_config.get("env_ignore_empty")
     for name in [n for n in os.environ if n.startswith(("INFERAG_", "QDRANT_"))]:
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # no stray .env
