@@ -26,7 +26,7 @@ DOCS = {
 
 
 @contextlib.contextmanager
-def stack(folder: Path, **env: str) -> Iterator[str]:
+def stack(folder: Path, command: str | list[str] = "services.gateway.app", **env: str) -> Iterator[str]:
     """Start the gateway with its data under `folder`; yields its base URL."""
     port = free_port()
     full = {
@@ -35,7 +35,7 @@ def stack(folder: Path, **env: str) -> Iterator[str]:
         "INFERAG_RAG_QDRANT_PATH": str(folder / "qdrant"),
         **env,
     }
-    with running("services.gateway.app", full, port=port, timeout=600) as base:
+    with running(command, full, port=port, timeout=600) as base:
         yield base
 
 
