@@ -46,17 +46,18 @@ def minimal_pdf(text: str) -> bytes:
 
 @contextlib.asynccontextmanager
 async def rag_stack(
-    tiny_model_dir: Path, *, api_key: str | None = None, **rag: Any
+    tiny_model_dir: Path, *, api_key: str | None = None, common: dict[str, Any] | None = None, **rag: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
-    """A client on the in-process gateway, once every service is ready."""
-    rag_values: dict[str, Any] = {"qdrant_path": ":memory:", **rag}
-    if api_key:
-        rag_values["api_key"] = api_key
+    """A client on the in-process gateway, once every service is ready.
+
+    `common` settings (keys, rate limits, CORS...) apply to every service; `rag` to the RAG service.
+    """
+    shared: dict[str, Any] = {"api_key": api_key, **(common or {})}
     gateway = build_gateway(
-        GatewaySettings(api_key=api_key),  # type: ignore[arg-type]
-        tiny_settings(tiny_model_dir, api_key=api_key),
-        EmbeddingsSettings(sparse_model="none", num_threads=1, api_key=api_key),  # type: ignore[arg-type]
-        RagSettings(**rag_values),
+        GatewaySettings(**shared),
+        tiny_settings(tiny_model_dir, **shared),
+        EmbeddingsSettings(sparse_model="none", num_threads=1, **shared),
+        RagSettings(qdrant_path=":memory:", **{**shared, **rag}),
     )
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with gateway.front.router.lifespan_context(gateway.front):

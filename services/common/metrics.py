@@ -6,10 +6,12 @@ import time
 import weakref
 from collections.abc import Callable
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .auth import authenticate
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -75,7 +77,9 @@ def install_metrics(app: FastAPI, registry: CollectorRegistry, service: str) -> 
         metrics = _HTTP_METRICS[registry] = HttpMetrics(registry)
     app.add_middleware(_MetricsMiddleware, metrics=metrics, service=service)
 
-    async def _metrics() -> Response:
+    async def _metrics(request: Request) -> Response:
+        settings = request.app.state.settings
+        authenticate(request, settings.api_key, settings.api_keys)  # Prometheus sends the key as a bearer token
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False, tags=["ops"])

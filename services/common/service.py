@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 
-from .auth import check_api_key
-from .errors import NotReady, error_body, install_error_handlers
+from .auth import ANONYMOUS, Principal, RateLimiter, authenticate
+from .errors import InferagError, NotReady, error_body, install_error_handlers
+from .limits import BodyLimit
 from .metrics import install_metrics
 from .request_id import RequestIdMiddleware
 from .settings import CommonSettings
@@ -34,6 +37,8 @@ def build_service_app(
     load: Callable[[], Awaitable[T]],
     close: Callable[[T], Awaitable[None]],
     router: APIRouter,
+    *,
+    body_limit: int | None = None,
 ) -> FastAPI:
     """A FastAPI app whose lifespan loads `name` in the background.
 
@@ -47,6 +52,9 @@ def build_service_app(
         async def run_load() -> None:
             try:
                 setattr(app.state, name, await load())
+            except InferagError as exc:  # a known cause (store locked, bad setting): its message says it all
+                log.error("%s: load failed: %s", name, exc.message)
+                app.state.load_error = exc
             except Exception as exc:
                 log.exception("%s: model load failed", name)
                 app.state.load_error = exc
@@ -68,8 +76,17 @@ def build_service_app(
     app.state.service_name = name
     app.state.load_error = None
     setattr(app.state, name, None)
+    app.state.rate_limiter = (
+        RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst) if settings.rate_limit_rps else None
+    )
     install_error_handlers(app)
     install_metrics(app, registry, name)
+    app.add_middleware(BodyLimit, max_bytes=body_limit or settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+        )  # fmt: skip
     # Added last, so it wraps everything: the id is set before any other layer logs.
     app.add_middleware(RequestIdMiddleware, service=name)
     app.include_router(router)
@@ -86,8 +103,24 @@ def loaded_service(request: Request) -> Any:
     return service
 
 
-async def require_key(request: Request) -> None:
-    check_api_key(request, request.app.state.settings.api_key)
+async def require_key(request: Request) -> Principal:
+    """The caller (401 without a valid key when keys are set), counted against its rate limit (429)."""
+    settings = request.app.state.settings
+    principal = authenticate(request, settings.api_key, settings.api_keys)
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is not None:
+        client = request.client.host if request.client else "unknown"
+        limiter.take(principal.name if principal is not ANONYMOUS else f"ip:{client}")
+    request.state.principal = principal
+    return principal
+
+
+# transformers builds models under global patches of torch (meta-device init): two models loading at
+# once in one process (the gateway's services) can corrupt each other. Loads take turns on this lock.
+MODEL_LOAD_LOCK = threading.Lock()
+
+# Set on SIGTERM (see `serve`): /ready answers 503 while in-flight requests drain.
+draining = threading.Event()
 
 
 ops_router = APIRouter(tags=["ops"])
@@ -101,20 +134,39 @@ async def health() -> dict[str, str]:
 
 @ops_router.get("/ready", responses={503: {"description": "Models not loaded yet."}})
 async def ready(request: Request) -> Response:
-    """Readiness: the models are loaded."""
+    """Readiness: the models are loaded and the services this one needs answer."""
     try:
-        loaded_service(request)
+        if draining.is_set():
+            raise NotReady("Shutting down.")
+        service = loaded_service(request)
+        check = getattr(service, "check_ready", None)
+        if check is not None:
+            await check()
     except NotReady as exc:
         return JSONResponse(error_body(exc.message, "service_unavailable", code="not_ready"), status_code=503)
     return JSONResponse({"status": "ready"})
 
 
 def serve(app: Any, settings: CommonSettings) -> None:
-    """Run `app` with uvicorn: our JSON access line (RequestIdMiddleware) instead of uvicorn's, and on
-    SIGTERM no new connections, then in-flight requests and streams get `shutdown_grace_s` to finish."""
+    """Run `app` with uvicorn: our JSON access line (RequestIdMiddleware) instead of uvicorn's.
+
+    On SIGTERM: /ready turns 503 at once and requests are still served for `shutdown_drain_s` (load
+    balancers stop sending new ones); then no new connections, and in-flight requests and streams get
+    `shutdown_grace_s` to finish before the process exits.
+    """
     import uvicorn
 
-    uvicorn.run(
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if draining.is_set() or settings.shutdown_drain_s <= 0:
+                draining.set()
+                super().handle_exit(sig, frame)
+                return
+            draining.set()
+            log.info("draining for %.1f s before shutdown", settings.shutdown_drain_s)
+            asyncio.get_running_loop().call_later(settings.shutdown_drain_s, super().handle_exit, sig, frame)
+
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -122,3 +174,4 @@ def serve(app: Any, settings: CommonSettings) -> None:
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
+    Server(config).run()

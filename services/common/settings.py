@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .auth import ApiKey
+
 
 class CommonSettings(BaseSettings):
     # An empty variable (`INFERAG_GEN_MAX_MODEL_LEN=` in .env or compose) means "unset", not "".
@@ -20,4 +22,24 @@ class CommonSettings(BaseSettings):
     shutdown_grace_s: int = Field(
         30, ge=0, description="On SIGTERM, seconds in-flight requests and streams get to finish before exit."
     )
-    api_key: SecretStr | None = Field(None, description="If set, every route but /health and /ready needs it.")
+    shutdown_drain_s: float = Field(
+        0, ge=0, description="On SIGTERM, seconds /ready answers 503 while requests are still served (Kubernetes)."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="If set, every route but /health and /ready needs a key; this one has full access "
+        "(and is the key services send each other)."
+    )
+    api_keys: list[ApiKey] | None = Field(
+        None,
+        description='Scoped keys, JSON: [{"name": "team-a", "key": "...", "collections": ["docs"], "write": false}]; '
+        "collections null = all.",
+    )
+    rate_limit_rps: float | None = Field(
+        None, gt=0, description="Requests per second per key (per client address without keys); 429 over it."
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="Requests a key may send at once before the rate applies.")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body; 413 over it.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description='Origins allowed by CORS, JSON list (e.g. ["https://app.example"]); '
+        "empty: CORS closed."
+    )

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.common.logging import setup_logging
-from services.common.service import build_service_app, serve
+from services.common.service import MODEL_LOAD_LOCK, build_service_app, serve
 
 from .engines.base import resolve_device, resolve_dtype, set_threads
 from .engines.cross_encoder import CrossEncoderScorer
@@ -70,9 +70,16 @@ def _warm_up(dense: DenseEncoder, reranker: CrossEncoderScorer | None, splade: S
         splade.embed(splade.tokens.texts(["warm up"], truncate=True))
 
 
+def _load_in_turn(
+    settings: EmbeddingsSettings,
+) -> tuple[DenseEncoder, CrossEncoderScorer | None, SpladeEncoder | None, ServedNames]:
+    with MODEL_LOAD_LOCK:  # not while another service of this process builds a model
+        return load_models(settings)
+
+
 async def load_service(settings: EmbeddingsSettings, registry: CollectorRegistry) -> EmbeddingsService:
     """Load the models and start their batchers."""
-    dense, reranker, splade, names = await asyncio.to_thread(load_models, settings)
+    dense, reranker, splade, names = await asyncio.to_thread(_load_in_turn, settings)
     # One model thread for all models: on a CPU they would only fight over the same cores.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emb-model")
     service = EmbeddingsService(

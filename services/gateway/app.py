@@ -25,7 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.auth import check_api_key
+from services.common.auth import authenticate
 from services.common.errors import NotReady, error_body, install_error_handlers
 from services.common.logging import setup_logging
 from services.common.request_id import RequestIdMiddleware
@@ -36,6 +36,7 @@ from services.embeddings.client import InProcessEmbeddings
 from services.embeddings.settings import EmbeddingsSettings
 from services.generation.app import build_app as build_generation
 from services.generation.settings import GenerationSettings
+from services.playground import playground_router
 from services.rag.app import build_app as build_rag
 from services.rag.app import refuse_locked_store
 from services.rag.generator import InProcessGenerator
@@ -49,7 +50,12 @@ log = logging.getLogger(__name__)
 
 EMBEDDING_PATHS = ("/v1/embeddings", "/v1/rerank", "/rerank", "/v1/sparse-embeddings")
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/chat"})
-SHARED_PATHS = frozenset({"/health", "/ready", "/v1/models", "/metrics"})
+SHARED_PATHS = frozenset({"/health", "/ready", "/v1/models", "/metrics", "/", "/playground"})
+
+
+# Given as INFERAG_*, these apply to every in-process service (each keeps its own prefixed value otherwise).
+SHARED_SETTINGS = ("api_key", "api_keys", "data_dir", "rate_limit_rps", "rate_limit_burst", "cors_origins",
+                   "log_json", "shutdown_grace_s", "shutdown_drain_s")  # fmt: skip
 
 
 class GatewaySettings(CommonSettings):
@@ -188,6 +194,7 @@ def build_gateway(
 
     front = FastAPI(title="inferag", version="0.1.0", lifespan=lifespan)
     install_error_handlers(front)
+    front.include_router(playground_router)
 
     @front.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:
@@ -211,7 +218,7 @@ def build_gateway(
     @front.get("/v1/models", tags=["openai"])
     async def models(request: Request) -> dict[str, Any]:
         """Every service's models (RAG: one `rag:<collection>` per collection)."""
-        check_api_key(request, settings.api_key)
+        authenticate(request, settings.api_key, settings.api_keys)
         auth = {"authorization": request.headers["authorization"]} if "authorization" in request.headers else {}
 
         async def listing(name: str, target: ASGIApp) -> list[dict[str, Any]]:
@@ -229,7 +236,8 @@ def build_gateway(
         return {"object": "list", "data": data}
 
     @front.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        authenticate(request, settings.api_key, settings.api_keys)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return Gateway(front, services)
@@ -239,9 +247,7 @@ def build_gateway(
 def main() -> None:
     settings = GatewaySettings()
     setup_logging(settings.log_level, settings.log_json)
-    # INFERAG_API_KEY / INFERAG_DATA_DIR, when given, apply to every service; a service's own
-    # INFERAG_GEN_* / INFERAG_EMB_* / INFERAG_RAG_* value is kept otherwise.
-    shared = {k: getattr(settings, k) for k in ("api_key", "data_dir") if k in settings.model_fields_set}
+    shared = {k: getattr(settings, k) for k in SHARED_SETTINGS if k in settings.model_fields_set}
     rag = RagSettings(**shared)
     if not settings.rag_url:
         refuse_locked_store(rag)

@@ -13,14 +13,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from prometheus_client import CollectorRegistry
 
-from services.common.limits import BodyLimit
 from services.common.logging import setup_logging
 from services.common.service import build_service_app, require_key, serve
 
 from .agent import make_agent_router
 from .metrics import RagMetrics
-from .router import get_rag, router
-from .service import Links, RagService, http_links
+from .router import caller, get_rag, router
+from .service import KnowledgeBase, Links, RagService, http_links
 from .settings import RagSettings
 from .store import StoreLocked, check_folder_free
 
@@ -28,7 +27,7 @@ from .store import StoreLocked, check_folder_free
 def api_router(settings: RagSettings) -> APIRouter:
     """The RAG routes and the agent's, behind the API key."""
     agent = make_agent_router(
-        lambda request: get_rag(request).kb,
+        agent_kb,
         agent_chat_model,
         native_tools=settings.agent_native_tools,
         time_limit_s=settings.agent_time_limit,
@@ -38,6 +37,17 @@ def api_router(settings: RagSettings) -> APIRouter:
     api.include_router(router)
     api.include_router(agent, dependencies=[Depends(require_key)])
     return api
+
+
+async def agent_kb(request: Request) -> KnowledgeBase:
+    """The agent's knowledge base, limited to the caller's collections (403 for the request's own)."""
+    who = caller(request)
+    body = await request.json()
+    named = [body.get("collection"), *(body.get("collections") or [])] if isinstance(body, dict) else []
+    for name in named:
+        if isinstance(name, str):
+            who.check(name)
+    return KnowledgeBase(get_rag(request), who)
 
 
 async def agent_chat_model(request: Request) -> Any:
@@ -68,9 +78,9 @@ def build_app(
     async def close(service: RagService) -> None:
         await service.close()
 
-    app = build_service_app("rag", settings, registry, load, close, api_router(settings))
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
-    return app
+    return build_service_app(
+        "rag", settings, registry, load, close, api_router(settings), body_limit=settings.max_upload_bytes
+    )
 
 
 def refuse_locked_store(settings: RagSettings) -> None:

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from services.common.auth import ANONYMOUS, Principal
 from services.common.errors import InvalidRequest, ModelNotFound
 from services.common.http import cancel_on_disconnect
 from services.common.service import loaded_service, require_key
@@ -57,6 +58,12 @@ def get_rag(request: Request) -> RagService:
     return service
 
 
+def caller(request: Request) -> Principal:
+    """Who is calling (set by the key check); collections outside its scope are 403."""
+    principal: Principal = getattr(request.state, "principal", ANONYMOUS)
+    return principal
+
+
 Rag = Annotated[RagService, Depends(get_rag)]
 router = APIRouter(dependencies=[Depends(require_key)])
 
@@ -71,24 +78,28 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/rag/collections", response_model=CollectionList, tags=["rag"])
-async def list_collections(rag: Rag) -> CollectionList:
-    """Collections with their point and document counts."""
-    return CollectionList(data=await rag.store.list_collections())
+async def list_collections(request: Request, rag: Rag) -> CollectionList:
+    """Collections with their point and document counts (those the key may use)."""
+    who = caller(request)
+    return CollectionList(data=[c for c in await rag.store.list_collections() if who.can(c.name)])
 
 
 @router.post("/rag/collections", response_model=CollectionInfo, responses=_ERRORS, tags=["rag"])
-async def create_collection(body: CollectionCreate, rag: Rag) -> CollectionInfo:
+async def create_collection(body: CollectionCreate, request: Request, rag: Rag) -> CollectionInfo:
     """Create a collection for the served embedding model (idempotent)."""
+    caller(request).check(body.name, write=True)
     return await rag.ingestor.ensure_collection(body.name)
 
 
 @router.get("/rag/collections/{name}", response_model=CollectionInfo, responses=_ERRORS, tags=["rag"])
-async def get_collection(name: str, rag: Rag) -> CollectionInfo:
+async def get_collection(name: str, request: Request, rag: Rag) -> CollectionInfo:
+    caller(request).check(name)
     return await rag.store.get_collection(name)
 
 
 @router.delete("/rag/collections/{name}", response_model=Deleted, responses=_ERRORS, tags=["rag"])
-async def delete_collection(name: str, rag: Rag) -> Deleted:
+async def delete_collection(name: str, request: Request, rag: Rag) -> Deleted:
+    caller(request).check(name, write=True)
     await rag.store.get_collection(name)
     await rag.store.delete_collection(name)
     return Deleted(id=name, object="collection")
@@ -162,6 +173,7 @@ async def _uploads(request: Request) -> tuple[list[Upload], dict[str, Any] | Non
 )
 async def ingest(name: str, request: Request, rag: Rag) -> Response:
     """Ingest JSON documents or uploaded files (.txt .md .html .pdf); large ones run as a job (202)."""
+    caller(request).check(name, write=True)
     content_type = request.headers.get("content-type", "")
     size = int(request.headers.get("content-length") or 0)
     if content_type.startswith("multipart/form-data"):
@@ -204,8 +216,13 @@ def _invalid(exc: ValidationError) -> InvalidRequest:
 
 @router.get("/rag/collections/{name}/documents", response_model=DocumentList, responses=_ERRORS, tags=["rag"])
 async def list_documents(
-    name: str, rag: Rag, limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0
+    name: str,
+    request: Request,
+    rag: Rag,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DocumentList:
+    caller(request).check(name)
     await rag.store.get_collection(name)
     docs, total = await rag.store.list_documents(name, limit=limit, offset=offset)
     return DocumentList(data=docs, total=total)
@@ -214,26 +231,31 @@ async def list_documents(
 @router.get(
     "/rag/collections/{name}/documents/{doc_id}", response_model=DocumentDetail, responses=_ERRORS, tags=["rag"]
 )
-async def get_document(name: str, doc_id: str, rag: Rag) -> DocumentDetail:
+async def get_document(name: str, doc_id: str, request: Request, rag: Rag) -> DocumentDetail:
+    caller(request).check(name)
     info, chunks = await rag.store.get_document(name, doc_id)
     return DocumentDetail(**info.model_dump(), collection=name, data=chunks)
 
 
 @router.delete("/rag/collections/{name}/documents/{doc_id}", response_model=Deleted, responses=_ERRORS, tags=["rag"])
-async def delete_document(name: str, doc_id: str, rag: Rag) -> Deleted:
+async def delete_document(name: str, doc_id: str, request: Request, rag: Rag) -> Deleted:
+    caller(request).check(name, write=True)
     await rag.store.delete_document(name, doc_id)
     return Deleted(id=doc_id, object="document")
 
 
 @router.get("/rag/jobs", response_model=JobList, tags=["rag"])
-async def list_jobs(rag: Rag) -> JobList:
-    return JobList(data=rag.jobs.all())
+async def list_jobs(request: Request, rag: Rag) -> JobList:
+    who = caller(request)
+    return JobList(data=[j for j in rag.jobs.all() if who.can(j.collection)])
 
 
 @router.get("/rag/jobs/{job_id}", response_model=Job, responses=_ERRORS, tags=["rag"])
-async def get_job(job_id: str, rag: Rag) -> Job:
+async def get_job(job_id: str, request: Request, rag: Rag) -> Job:
     """Progress of a background ingestion: documents and chunks done, errors per file."""
-    return rag.jobs.get(job_id)
+    job = rag.jobs.get(job_id)
+    caller(request).check(job.collection)
+    return job
 
 
 # ---------------------------------------------------------------- chunk, retrieve, rerank
@@ -251,8 +273,10 @@ async def chunk(body: ChunkRequest, rag: Rag) -> ChunkResponse:
 
 
 @router.post("/rag/retrieve", response_model=RetrieveResponse, responses=_ERRORS, tags=["rag"])
-async def retrieve(body: RetrieveRequest, rag: Rag) -> RetrieveResponse:
+async def retrieve(body: RetrieveRequest, request: Request, rag: Rag) -> RetrieveResponse:
     """Best chunks for a query: dense, sparse (BM25) or hybrid (Qdrant's prefetch + RRF/DBSF fusion)."""
+    for name in body.targets():
+        caller(request).check(name)
     timings = Timings(rag.metrics)
     hits = await rag.retriever.retrieve(
         body.targets(), body.query, top_k=body.top_k, mode=body.mode, fusion=body.fusion, filter=body.filter,
@@ -284,6 +308,8 @@ async def rerank(body: RerankRequest, rag: Rag) -> RerankResponse:
 @router.post("/rag/query", response_model=QueryResponse, responses=_ERRORS, tags=["rag"])
 async def query(body: QueryRequest, request: Request, rag: Rag) -> Response:
     """Answer from the collection(s) with citations; `stream: true` sends typed events."""
+    for name in body.targets():
+        caller(request).check(name)
     if body.stream:
         return sse_response(await cancel_on_disconnect(request, rag.answerer.stream(body)))
     result = await cancel_on_disconnect(request, rag.answerer.answer(body))
@@ -302,6 +328,8 @@ def rag_targets(model: str) -> list[str]:
 async def rag_chat_completions(body: ChatCompletionRequest, request: Request, rag: Rag) -> Response:
     """OpenAI chat on a collection (`model: "rag:<collection>"`); sources in the extra `sources` field."""
     targets = rag_targets(body.model)
+    for name in targets:
+        caller(request).check(name)
     turns = [m for m in body.messages if m.role in ("user", "assistant")]
     if not turns or turns[-1].role != "user":
         raise InvalidRequest("The last message must be the user's.", param="messages")
@@ -367,7 +395,9 @@ def rag_model_cards(collections: list[CollectionInfo]) -> list[dict[str, Any]]:
 
 
 @router.get("/v1/models", tags=["openai"])
-async def models(rag: Rag) -> dict[str, Any]:
-    """One `rag:<collection>` model per collection."""
-    return {"object": "list", "data": rag_model_cards(await rag.store.list_collections())}
+async def models(request: Request, rag: Rag) -> dict[str, Any]:
+    """One `rag:<collection>` model per collection the key may use."""
+    who = caller(request)
+    mine = [c for c in await rag.store.list_collections() if who.can(c.name)]
+    return {"object": "list", "data": rag_model_cards(mine)}
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from services.common.auth import ANONYMOUS, Principal
 from services.common.errors import InferagError, NotFound, UpstreamUnavailable
 from services.common.request_id import propagate_request_id
 from services.embeddings.client import HttpEmbeddings, InProcessEmbeddings
@@ -47,6 +48,8 @@ class Links:
     openai_http: httpx.AsyncClient
     openai_base_url: str
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Readiness of the services behind the links (raise UpstreamUnavailable when one is down).
+    checks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def aclose(self) -> None:
         for close in reversed(self.closers):
@@ -89,24 +92,41 @@ async def http_links(settings: RagSettings) -> Links:
         openai_http=gen_client,
         openai_base_url=settings.generation_url.rstrip("/") + "/v1",
         closers=[gen_client.aclose, emb_client.aclose],
+        checks=[_ready_check("embeddings", emb_client), _ready_check("generation", gen_client)],
     )
 
 
-class KnowledgeBase:
-    """What the agent's tools see: search (retrieve + rerank), documents and collections."""
+def _ready_check(name: str, client: httpx.AsyncClient) -> Callable[[], Awaitable[None]]:
+    async def check() -> None:
+        try:
+            resp = await client.get("/ready", timeout=5)
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"The {name} service at {client.base_url} is unreachable: {exc}") from exc
+        if resp.status_code != 200:
+            raise UpstreamUnavailable(f"The {name} service at {client.base_url} is not ready ({resp.status_code}).")
 
-    def __init__(self, service: RagService):
-        self.service = service
+    return check
+
+
+class KnowledgeBase:
+    """What the agent's tools see: search (retrieve + rerank), documents and collections, within the
+    caller's scope (a collection the model names outside it is a Forbidden tool error)."""
+
+    def __init__(self, service: RagService, caller: Principal = ANONYMOUS):
+        self.service, self.caller = service, caller
 
     async def search(self, query: str, collections: list[str], top_k: int) -> list[Hit]:
+        for name in collections:
+            self.caller.check(name)
         hits = await self.service.retriever.retrieve(collections, query, top_k=max(top_k * 4, 20), mode="hybrid")
         return await self.service.retriever.rerank(query, hits, top_k)
 
     async def get_document(self, collection: str, doc_id: str) -> tuple[DocumentInfo, list[StoredChunk]]:
+        self.caller.check(collection)
         return await self.service.store.get_document(collection, doc_id)
 
     async def list_collections(self) -> list[CollectionInfo]:
-        return await self.service.store.list_collections()
+        return [c for c in await self.service.store.list_collections() if self.caller.can(c.name)]
 
 
 class RagService:
@@ -117,7 +137,6 @@ class RagService:
         self.jobs = JobManager(self.ingestor, settings, metrics)
         self.retriever = Retriever(store, links.embeddings, links.embeddings, self.sparse, self.ingestor)
         self.answerer = Answerer(self.retriever, links.generator, settings, metrics)
-        self.kb = KnowledgeBase(self)
 
     @classmethod
     async def load(cls, settings: RagSettings, metrics: RagMetrics, links: Links) -> RagService:
@@ -151,6 +170,10 @@ class RagService:
 
     async def collection_or_404(self, name: str) -> CollectionInfo:
         return await self.store.get_collection(name)
+
+    async def check_ready(self) -> None:
+        """UpstreamUnavailable while the store or a service this one calls is down (for /ready)."""
+        await asyncio.gather(self.store.ping(), *(check() for check in self.links.checks))
 
     async def close(self) -> None:
         await self.jobs.close()

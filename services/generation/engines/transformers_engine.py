@@ -240,10 +240,12 @@ class TransformersEngine:
             device = torch.device(self.device_name)
         dtype = _torch_dtype(self.dtype_name, device, self._read_config())
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        # from_pretrained + the quantization (int8 / bnb-4bit / bnb-8bit), on `device`, in eval mode
+        from services.common.service import MODEL_LOAD_LOCK
         from services.generation.weights.quantize import load_causal_lm
 
-        # from_pretrained + the quantization (int8 / bnb-4bit / bnb-8bit), on `device`, in eval mode
-        model: Any = load_causal_lm(self.model_path, dtype=dtype, device=device, quantization=self.quantization)
+        with MODEL_LOAD_LOCK:
+            model: Any = load_causal_lm(self.model_path, dtype=dtype, device=device, quantization=self.quantization)
 
         config = model.config
         self.info = ModelInfo(

@@ -1,0 +1,135 @@
+"""Keys, scopes, rate limits and CORS across every route of the in-process stack."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from services.gateway.app import Gateway
+from tests.rag_stack import rag_stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ADMIN = "admin-key-0123456789"
+TEAM_A = "team-a-key-0123456789"  # reads and writes collection "a" only
+READER = "reader-key-0123456789"  # reads "a" only
+KEYS = [
+    {"name": "team-a", "key": TEAM_A, "collections": ["a"]},
+    {"name": "reader", "key": READER, "collections": ["a"], "write": False},
+]
+OPEN = {"/health", "/ready", "/", "/playground"}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def secured(tiny_model_dir: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
+    common = {"api_keys": KEYS, "cors_origins": ["https://app.example"]}
+    async with rag_stack(tiny_model_dir, api_key=ADMIN, common=common) as (client, gateway):
+        client.headers.pop("Authorization")
+        for name in ("a", "b"):
+            body = {"documents": [{"id": "d1", "text": f"Collection {name} holds this text."}]}
+            resp = await client.post(f"/rag/collections/{name}/documents", json=body, headers=bearer(ADMIN))
+            assert resp.status_code == 200, resp.text
+        yield client, gateway
+
+
+def every_route(gateway: Gateway) -> list[tuple[str, str]]:
+    """(method, path with its parameters filled) of every route of every service behind the gateway."""
+    apps: list[FastAPI] = [gateway.front, *(a for a in gateway.services.values() if isinstance(a, FastAPI))]
+    routes = set()
+    for app in apps:
+        for route in app.routes:
+            if isinstance(route, APIRoute):
+                path = re.sub(r"\{name\}", "b", route.path)
+                path = re.sub(r"\{[a-z_]+\}", "x", path)
+                routes.update((m, path) for m in route.methods if m != "HEAD")
+    return sorted(routes)
+
+
+async def call(client: httpx.AsyncClient, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
+    body: dict[str, Any] | None = {} if method == "POST" else None
+    return await client.request(method, path, json=body, headers=headers)
+
+
+async def test_every_route_needs_a_valid_key(secured: tuple[httpx.AsyncClient, Gateway]) -> None:
+    client, gateway = secured
+    routes = every_route(gateway)
+    assert len(routes) > 20
+    for method, path in routes:
+        for headers in ({}, bearer("wrong-key"), {"Authorization": ADMIN}):
+            resp = await call(client, method, path, headers)
+            if path in OPEN:
+                assert resp.status_code != 401, (method, path)
+                continue
+            assert resp.status_code == 401, (method, path, resp.text)
+            error = resp.json()["error"]
+            assert error["type"] == "authentication_error" and ADMIN not in resp.text
+
+
+async def test_scoped_key_reaches_only_its_collections(secured: tuple[httpx.AsyncClient, Gateway]) -> None:
+    client, gateway = secured
+    listed = (await client.get("/rag/collections", headers=bearer(TEAM_A))).json()["data"]
+    assert [c["name"] for c in listed] == ["a"]
+    models = {m["id"] for m in (await client.get("/v1/models", headers=bearer(TEAM_A))).json()["data"]}
+    assert "rag:a" in models and "rag:b" not in models
+    # every route naming collection "b" is 403 for team-a
+    b_routes = [(m, p) for m, p in every_route(gateway) if "/collections/b" in p]
+    assert len(b_routes) >= 5
+    for method, path in b_routes:
+        resp = await call(client, method, path, bearer(TEAM_A))
+        assert resp.status_code == 403, (method, path, resp.text)
+        assert resp.json()["error"]["type"] == "permission_error"
+    for path, body in [
+        ("/rag/retrieve", {"collection": "b", "query": "text"}),
+        ("/rag/query", {"collections": ["a", "b"], "query": "text"}),
+        ("/rag/agent", {"collection": "b", "query": "text"}),
+        ("/v1/chat/completions", {"model": "rag:b", "messages": [{"role": "user", "content": "x"}]}),
+    ]:
+        resp = await client.post(path, json=body, headers=bearer(TEAM_A))
+        assert resp.status_code == 403, (path, resp.text)
+    ok = await client.post("/rag/retrieve", json={"collection": "a", "query": "text"}, headers=bearer(TEAM_A))
+    assert ok.status_code == 200 and ok.json()["data"][0]["collection"] == "a"
+    chat = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert (await client.post("/v1/chat/completions", json=chat, headers=bearer(TEAM_A))).status_code == 200
+
+
+async def test_read_only_key_cannot_write(secured: tuple[httpx.AsyncClient, Gateway]) -> None:
+    client, _ = secured
+    body = {"documents": [{"text": "new"}]}
+    resp = await client.post("/rag/collections/a/documents", json=body, headers=bearer(READER))
+    assert resp.status_code == 403 and "may not write" in resp.json()["error"]["message"]
+    assert (await client.delete("/rag/collections/a/documents/d1", headers=bearer(READER))).status_code == 403
+    assert (await client.get("/rag/collections/a/documents/d1", headers=bearer(READER))).status_code == 200
+
+
+async def test_cors_allows_only_configured_origins(secured: tuple[httpx.AsyncClient, Gateway]) -> None:
+    client, _ = secured
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    good = await client.options("/rag/query", headers={"Origin": "https://app.example", **preflight})
+    assert good.headers.get("access-control-allow-origin") == "https://app.example"
+    bad = await client.options("/rag/query", headers={"Origin": "https://evil.example", **preflight})
+    assert "access-control-allow-origin" not in bad.headers
+
+
+async def test_rate_limit_and_closed_cors_by_default(tiny_model_dir: Path) -> None:
+    async with rag_stack(tiny_model_dir, common={"rate_limit_rps": 0.5, "rate_limit_burst": 3}) as (client, _):
+        statuses = [(await client.get("/rag/collections")).status_code for _ in range(5)]
+        assert statuses[:3] == [200, 200, 200] and statuses[3:] == [429, 429]
+        resp = await client.get("/rag/collections")
+        assert resp.status_code == 429 and int(resp.headers["retry-after"]) >= 1
+        assert json.loads(resp.text)["error"]["type"] == "rate_limit_error"
+        preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+        options = await client.options("/rag/collections", headers=preflight)
+        assert "access-control-allow-origin" not in options.headers
