@@ -159,9 +159,9 @@ class Answerer:
             if hit.id not in best or hit.score > best[hit.id].score:
                 best[hit.id] = hit
         hits = sorted(best.values(), key=lambda h: -h.score)[: req.top_k]
-        if req.rerank:
-            hits = await self.retriever.rerank(queries[0], hits, req.rerank_top_n, timings)
         threshold = req.score_threshold if req.score_threshold is not None else self.settings.min_score
+        if self.retriever.should_rerank(req.rerank, threshold is not None):
+            hits = await self.retriever.rerank(queries[0], hits, req.rerank_top_n, timings)
         if threshold is not None:
             hits = [h for h in hits if h.score >= threshold]
         return self._fit(hits[: req.rerank_top_n])

@@ -192,7 +192,11 @@ class QueryRequest(_Targets):
     query: str | None = None
     messages: Annotated[list[Message], Field(min_length=1)] | None = None
     top_k: int = Field(20, ge=1, le=100, description="Chunks retrieved before reranking.")
-    rerank: bool = Field(True, description="Rerank the retrieved chunks before keeping the best.")
+    rerank: bool | None = Field(
+        None,
+        description="Rerank the retrieved chunks before keeping the best; default: when the rerank service has a "
+        "cross-encoder, or when a score threshold applies (it compares rerank scores).",
+    )
     rerank_top_n: int = Field(5, ge=1, le=50, description="Sources given to the model (the best after reranking).")
     mode: RetrievalMode = "hybrid"
     fusion: Fusion = "rrf"

@@ -54,6 +54,13 @@ class Retriever:
                 score_threshold=score_threshold,
             )
 
+    def should_rerank(self, asked: bool | None, thresholded: bool = False) -> bool:
+        """`asked`, or by default: with a cross-encoder (a bi-encoder's cosine mostly re-sorts what dense
+        retrieval already ranked, and undoes hybrid fusion), or to score sources against a threshold."""
+        if asked is not None:
+            return asked
+        return thresholded or self.reranker.rerank_method == "cross-encoder"
+
     async def rerank(
         self, query: str, hits: list[Hit], top_n: int | None = None, timings: Timings | None = None
     ) -> list[Hit]:

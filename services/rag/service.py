@@ -118,8 +118,11 @@ class KnowledgeBase:
     async def search(self, query: str, collections: list[str], top_k: int) -> list[Hit]:
         for name in collections:
             self.caller.check(name)
-        hits = await self.service.retriever.retrieve(collections, query, top_k=max(top_k * 4, 20), mode="hybrid")
-        return await self.service.retriever.rerank(query, hits, top_k)
+        retriever = self.service.retriever
+        if not retriever.should_rerank(None):
+            return await retriever.retrieve(collections, query, top_k=top_k, mode="hybrid")
+        hits = await retriever.retrieve(collections, query, top_k=max(top_k * 4, 20), mode="hybrid")
+        return await retriever.rerank(query, hits, top_k)
 
     async def get_document(self, collection: str, doc_id: str) -> tuple[DocumentInfo, list[StoredChunk]]:
         self.caller.check(collection)

@@ -233,7 +233,7 @@ def numbers(text: str) -> set[int]:
 
 
 async def test_query_answers_with_valid_citations_and_timings(stack: httpx.AsyncClient) -> None:
-    body = {"collection": "kb", "query": "What is part ZQX-4471?", "max_tokens": 24, "seed": 1}
+    body = {"collection": "kb", "query": "What is part ZQX-4471?", "max_tokens": 24, "seed": 1, "rerank": True}
     resp = await stack.post("/rag/query", json=body)
     assert resp.status_code == 200, resp.text
     answer = resp.json()
@@ -242,6 +242,9 @@ async def test_query_answers_with_valid_citations_and_timings(stack: httpx.Async
     assert {c["number"] for c in answer["citations"]} == numbers(answer["answer"])
     assert {"embed", "retrieve", "rerank", "generate", "ttft", "total"} <= set(answer["timings"])
     assert answer["usage"]["completion_tokens"] > 0
+    # no cross-encoder in this stack: by default the bi-encoder does not re-sort hybrid results
+    plain = (await stack.post("/rag/query", json={**body, "rerank": None})).json()
+    assert "rerank" not in plain["timings"] and plain["sources"][0]["doc_id"] == "sprocket"
 
 
 async def test_query_without_relevant_sources_says_it_does_not_know(stack: httpx.AsyncClient) -> None:
