@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from typing import TypeVar
 
 from fastapi import Request
@@ -34,3 +34,23 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+async def peeked(source: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+    """Pull `source`'s first item now (its errors raise here, before a response starts) and return a
+    generator of all items: a stream refused by admission control becomes an HTTP status, not a cut."""
+    try:
+        first = await anext(source)
+    except StopAsyncIteration:
+        return source
+    except BaseException:
+        await source.aclose()
+        raise
+
+    async def chained() -> AsyncGenerator[T, None]:
+        async with contextlib.aclosing(source):
+            yield first
+            async for item in source:
+                yield item
+
+    return chained()

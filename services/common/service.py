@@ -11,17 +11,20 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
+from sse_starlette.sse import AppStatus
 
 from .auth import ANONYMOUS, Principal, RateLimiter, authenticate
 from .errors import InferagError, NotReady, error_body, install_error_handlers
 from .limits import BodyLimit
 from .metrics import install_metrics
+from .protocol import error_responses
 from .request_id import RequestIdMiddleware
 from .settings import CommonSettings
 
@@ -91,7 +94,26 @@ def build_service_app(
     app.add_middleware(RequestIdMiddleware, service=name)
     app.include_router(router)
     app.include_router(ops_router)
+    _document_400_not_422(app)
     return app
+
+
+def _document_400_not_422(app: FastAPI) -> None:
+    """Drop the 422 FastAPI documents on every route with inputs: validation errors are 400 here."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = app.openapi_schema
+        if schema is None:
+            schema = generate()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def loaded_service(request: Request) -> Any:
@@ -126,13 +148,21 @@ draining = threading.Event()
 ops_router = APIRouter(tags=["ops"])
 
 
-@ops_router.get("/health")
-async def health() -> dict[str, str]:
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+
+
+@ops_router.get("/health", response_model=Health)
+async def health() -> Health:
     """Liveness: the process answers."""
-    return {"status": "ok"}
+    return Health()
 
 
-@ops_router.get("/ready", responses={503: {"description": "Models not loaded yet."}})
+@ops_router.get("/ready", response_model=Ready, responses=error_responses(503, e503="Not ready: loading or draining."))
 async def ready(request: Request) -> Response:
     """Readiness: the models are loaded and the services this one needs answer."""
     try:
@@ -166,6 +196,8 @@ def serve(app: Any, settings: CommonSettings) -> None:
             log.info("draining for %.1f s before shutdown", settings.shutdown_drain_s)
             asyncio.get_running_loop().call_later(settings.shutdown_drain_s, super().handle_exit, sig, frame)
 
+    # sse-starlette would end every stream as soon as uvicorn starts shutting down; ours get the grace period.
+    AppStatus.disable_automatic_graceful_drain()
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from services.common.http import cancel_on_disconnect
+from services.common.protocol import error_responses
 from services.common.service import loaded_service, require_key
 
 from .protocol import (
@@ -33,12 +34,7 @@ Service = Annotated[EmbeddingsService, Depends(get_service)]
 
 router = APIRouter(dependencies=[Depends(require_key)])
 
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Invalid request (OpenAI error body)."},
-    404: {"description": "Unknown model."},
-    429: {"description": "Queue full; see Retry-After."},
-    503: {"description": "Models not loaded yet."},
-}
+_RESPONSES = error_responses(400, 401, 404, 413, 429, 503, e404="Unknown model.", e429="Queue full; see Retry-After.")
 
 
 def _json(result: BaseModel) -> Response:
@@ -70,7 +66,13 @@ async def sparse_embeddings(body: SparseEmbeddingRequest, request: Request, serv
     return _json(await cancel_on_disconnect(request, service.sparse(body)))
 
 
-@router.get("/v1/models", response_model=ModelList, response_model_exclude_none=True, tags=["openai"])
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    response_model_exclude_none=True,
+    responses=error_responses(401, 429, 503),
+    tags=["openai"],
+)
 async def models(service: Service) -> ModelList:
     """Served models with their dimension, input limit and truncation rule."""
     return service.models()

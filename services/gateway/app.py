@@ -29,7 +29,7 @@ from services.common.auth import authenticate
 from services.common.errors import NotReady, error_body, install_error_handlers
 from services.common.logging import setup_logging
 from services.common.request_id import RequestIdMiddleware
-from services.common.service import serve
+from services.common.service import draining, serve
 from services.common.settings import CommonSettings
 from services.embeddings.app import build_app as build_embeddings
 from services.embeddings.client import InProcessEmbeddings
@@ -210,6 +210,8 @@ def build_gateway(
         for name, proxy in proxies.items():
             ok, detail = await proxy.ready()
             states[name] = "ready" if ok else detail
+        if draining.is_set():
+            states["gateway"] = "shutting down"
         if all(v == "ready" for v in states.values()):
             return JSONResponse({"status": "ready", "services": states})
         body = error_body(f"not ready: {states}", "service_unavailable", code="not_ready")

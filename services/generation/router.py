@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.common.http import cancel_on_disconnect
+from services.common.protocol import error_responses, sse_response_doc
 from services.common.service import loaded_service, require_key
 from services.common.sse import sse_response
 
@@ -33,10 +34,8 @@ def _respond(result: Any) -> Response:
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Invalid request (OpenAI error body)."},
-    404: {"description": "Unknown model."},
-    429: {"description": "Over capacity; see Retry-After."},
-    503: {"description": "Model not loaded yet."},
+    200: sse_response_doc("The completion; with `stream: true`, server-sent chunks, `data: [DONE]` last."),
+    **error_responses(400, 401, 404, 413, 429, 503, e404="Unknown model.", e429="Over capacity; see Retry-After."),
 }
 
 
@@ -58,6 +57,6 @@ async def completions(body: CompletionRequest, request: Request, service: Servic
     return _respond(await cancel_on_disconnect(request, service.completions(body)))
 
 
-@router.get("/v1/models", response_model=ModelList, tags=["openai"])
+@router.get("/v1/models", response_model=ModelList, responses=error_responses(401, 429, 503), tags=["openai"])
 async def models(service: Service) -> ModelList:
     return service.models()

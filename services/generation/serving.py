@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from services.common.errors import InvalidRequest, ModelNotFound, Overloaded, sse_error
+from services.common.http import peeked
 from services.common.metrics import LATENCY_BUCKETS
 from services.common.sse import DONE, sse_data
 
@@ -240,12 +241,13 @@ class GenerationService:
         self._check_model(req.model)
         ids, tools, forced = self.render_chat(req)
         schema: dict[str, Any] | None = None
+        fmt = req.response_format
         if forced:
             schema = toolfmt.forced_call_schema(tools, req.tool_choice)  # type: ignore[arg-type]
-        elif req.response_format is not None and req.response_format.type == "json_object":
+        elif fmt is not None and fmt.type == "json_object":
             schema = {"type": "object"}
-        elif req.response_format is not None and req.response_format.json_schema is not None:
-            schema = req.response_format.json_schema.schema_ or {"type": "object"}
+        elif fmt is not None and fmt.type == "json_schema" and fmt.json_schema is not None:  # "text" ignores it
+            schema = fmt.json_schema.schema_ or {"type": "object"}
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         options = self._options(req, len(ids), req.completion_limit(), logprobs, schema)
         return _Prepared(f"chatcmpl-{uuid.uuid4().hex}", ids, options, tools, forced)
@@ -464,7 +466,7 @@ class GenerationService:
         Streams call this before their first event, so a full server (429) or an engine
         refusal still becomes an HTTP error instead of an error event.
         """
-        return await _peeked(self._merged(prep, endpoint))
+        return await peeked(self._merged(prep, endpoint))
 
     async def _run_all(self, prep: _Prepared, endpoint: str) -> list[_ChoiceState]:
         states = [_ChoiceState() for _ in prep.options]
@@ -475,7 +477,7 @@ class GenerationService:
     async def _prime(self, events: AsyncGenerator[str, None]) -> AsyncIterator[str]:
         """Pull a stream's first event now, so admission errors become HTTP errors;
         an error after that (headers sent) becomes an error event, then the end."""
-        started = await _peeked(events)
+        started = await peeked(events)
 
         async def with_error_event() -> AsyncIterator[str]:
             async with contextlib.aclosing(started):
@@ -490,25 +492,6 @@ class GenerationService:
 
 
 # ------------------------------------------------------------- helpers
-
-
-async def _peeked(source: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
-    """Pull `source`'s first item now (its errors raise here) and return a generator of all items."""
-    try:
-        first = await anext(source)
-    except StopAsyncIteration:
-        return source
-    except BaseException:
-        await source.aclose()
-        raise
-
-    async def chained() -> AsyncGenerator[T, None]:
-        async with contextlib.aclosing(source):
-            yield first
-            async for item in source:
-                yield item
-
-    return chained()
 
 
 def _absorb(st: _ChoiceState, out: GenerationChunk) -> None:

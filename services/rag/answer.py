@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+from services.common.errors import error_for
+from services.common.http import peeked
 from services.common.sse import sse_event
 
 from .generator import Generator
@@ -221,33 +224,38 @@ class Answerer:
         )  # fmt: skip
 
     async def stream(self, req: QueryRequest) -> AsyncIterator[str]:
-        """Typed SSE events: retrieval, delta…, citations, done (errors: raised before the first, else `error`)."""
+        """Typed SSE events: retrieval, delta…, citations, done. Failures before generation starts (a full
+        generation service: 429) raise here, so they get an HTTP status; later ones end in an `error` event."""
         timings = Timings(self.metrics)
         model = await self.model(req.model)
         queries = await self.search_queries(req, model)
         sources = await self.sources(req, queries, timings)
         given = [_citation(i, h) for i, h in enumerate(sources, start=1)]
-        return self._events(req, model, queries[0], sources, given, timings)
+        chunks: AsyncGenerator[dict[str, Any], None] | None = None
+        started = time.perf_counter()
+        if sources:
+            body = {**self._generation_body(req, model, sources), "stream_options": {"include_usage": True}}
+            chunks = await peeked(self.generator.chat_stream(body))
+        return self._events(model, queries[0], given, timings, chunks, started)
 
     async def _events(
         self,
-        req: QueryRequest,
         model: str,
         query: str,
-        sources: list[Hit],
         given: list[Citation],
         timings: Timings,
+        chunks: AsyncGenerator[dict[str, Any], None] | None,
+        started: float,
     ) -> AsyncIterator[str]:
-        yield sse_event("retrieval", {"query": query, "sources": [c.model_dump(mode="json") for c in given]})
-        usage, finish, text = Usage(), "stop", ""
-        if not sources:
-            text = NO_ANSWER
-            yield sse_event("delta", {"text": text})
-        else:
-            body = {**self._generation_body(req, model, sources), "stream_options": {"include_usage": True}}
-            cleaner = CitationFilter(len(sources))
-            with timings.stage("generate"):
-                async for chunk in self.generator.chat_stream(body):
+        try:
+            yield sse_event("retrieval", {"query": query, "sources": [c.model_dump(mode="json") for c in given]})
+            usage, finish, text = Usage(), "stop", ""
+            if chunks is None:
+                text = NO_ANSWER
+                yield sse_event("delta", {"text": text})
+            else:
+                cleaner = CitationFilter(len(given))
+                async for chunk in chunks:
                     if chunk.get("usage"):
                         usage = Usage.model_validate(chunk["usage"])
                     for choice in chunk.get("choices", []):
@@ -258,11 +266,17 @@ class Answerer:
                                 timings.since_start("ttft")
                             text += piece
                             yield sse_event("delta", {"text": piece})
-            if rest := cleaner.flush():
-                text += rest
-                yield sse_event("delta", {"text": rest})
-        cited = [given[n - 1] for n in cited_numbers(text)]
-        yield sse_event("citations", {"citations": [c.model_dump(mode="json") for c in cited]})
-        timings.since_start("total")
-        yield sse_event("done", {"model": model, "usage": usage.model_dump(), "timings": dict(timings),
-                                 "finish_reason": finish})  # fmt: skip
+                timings.record("generate", time.perf_counter() - started)
+                if rest := cleaner.flush():
+                    text += rest
+                    yield sse_event("delta", {"text": rest})
+            cited = [given[n - 1] for n in cited_numbers(text)]
+            yield sse_event("citations", {"citations": [c.model_dump(mode="json") for c in cited]})
+            timings.since_start("total")
+            yield sse_event("done", {"model": model, "usage": usage.model_dump(), "timings": dict(timings),
+                                     "finish_reason": finish})  # fmt: skip
+        except Exception as exc:
+            yield sse_event("error", error_for(exc)[1])
+        finally:
+            if chunks is not None:
+                await chunks.aclose()

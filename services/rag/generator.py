@@ -8,7 +8,7 @@ calls go to the serving layer itself (an ASGI transport would buffer a stream wh
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol
 
 import httpx
@@ -28,7 +28,7 @@ class Generator(Protocol):
         """A non-streaming chat completion."""
         ...
 
-    def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def chat_stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         """The chunks of a streaming chat completion; an error event raises its domain error."""
         ...
 
@@ -61,7 +61,7 @@ class InProcessGenerator:
             raise TypeError("unexpected stream")
         return result.model_dump(mode="json", exclude_none=True)
 
-    async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def chat_stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         result = await self._get().chat(ChatCompletionRequest.model_validate({**body, "stream": True}))
         if not isinstance(result, AsyncIterator):  # pragma: no cover - stream is True
             raise TypeError("expected a stream")
@@ -93,7 +93,7 @@ class HttpGenerator:
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         return await call(self.client, "POST", "/v1/chat/completions", {**body, "stream": False}, service="generation")
 
-    async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def chat_stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         try:
             async with self.client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as resp:
                 if resp.status_code >= 400:

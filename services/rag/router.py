@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from services.common.auth import ANONYMOUS, Principal
 from services.common.errors import InvalidRequest, ModelNotFound
 from services.common.http import cancel_on_disconnect
+from services.common.protocol import error_responses, sse_response_doc
 from services.common.service import loaded_service, require_key
 from services.common.sse import DONE, sse_data, sse_response
 from services.generation.protocol import ChatCompletionRequest
@@ -67,24 +68,23 @@ def caller(request: Request) -> Principal:
 Rag = Annotated[RagService, Depends(get_rag)]
 router = APIRouter(dependencies=[Depends(require_key)])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Invalid request (OpenAI error body)."},
-    404: {"description": "Unknown collection, document or job."},
-    503: {"description": "Not ready, or a dependency is down."},
-}
+_ERRORS = error_responses(400, 401, 403, 404, 429, 503)
+# Routes with a request body: also over the body limit.
+_BODY_ERRORS = error_responses(400, 401, 403, 404, 413, 429, 503)
+_LIST_ERRORS = error_responses(401, 429, 503)
 
 
 # ---------------------------------------------------------------- collections
 
 
-@router.get("/rag/collections", response_model=CollectionList, tags=["rag"])
+@router.get("/rag/collections", response_model=CollectionList, responses=_LIST_ERRORS, tags=["rag"])
 async def list_collections(request: Request, rag: Rag) -> CollectionList:
     """Collections with their point and document counts (those the key may use)."""
     who = caller(request)
     return CollectionList(data=[c for c in await rag.store.list_collections() if who.can(c.name)])
 
 
-@router.post("/rag/collections", response_model=CollectionInfo, responses=_ERRORS, tags=["rag"])
+@router.post("/rag/collections", response_model=CollectionInfo, responses=_BODY_ERRORS, tags=["rag"])
 async def create_collection(body: CollectionCreate, request: Request, rag: Rag) -> CollectionInfo:
     """Create a collection for the served embedding model (idempotent)."""
     caller(request).check(body.name, write=True)
@@ -108,17 +108,31 @@ async def delete_collection(name: str, request: Request, rag: Rag) -> Deleted:
 # ---------------------------------------------------------------- documents
 
 
+def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
+    """A pydantic JSON schema with its `$defs` references replaced by their definitions."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inlined(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inlined(v, defs) for v in schema]
+    return schema
+
+
+# The route reads its body itself, so FastAPI does not add IngestRequest to the components: inline it.
+_INGEST_JSON = IngestRequest.model_json_schema()
 _INGEST_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/IngestRequest"}},
+            "application/json": {"schema": _inlined(_INGEST_JSON, _INGEST_JSON.get("$defs", {}))},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
                     "required": ["files"],
                     "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "files": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}},
                         "doc_ids": {"type": "string", "description": "JSON list of ids, one per file."},
                         "metadata": {"type": "string", "description": "JSON object added to every file's metadata."},
                         "chunking": {"type": "string", "description": "JSON chunking parameters."},
@@ -167,7 +181,10 @@ async def _uploads(request: Request) -> tuple[list[Upload], dict[str, Any] | Non
 @router.post(
     "/rag/collections/{name}/documents",
     response_model=IngestResult,
-    responses={**_ERRORS, 202: {"model": Job}, 413: {"description": "Too large."}, 415: {"description": "Bad type."}},
+    responses={
+        202: {"model": Job, "description": "Queued as a background job."},
+        **error_responses(400, 401, 403, 404, 413, 415, 429, 503, e415="Unsupported file type."),
+    },
     openapi_extra=_INGEST_BODY,
     tags=["rag"],
 )
@@ -244,7 +261,7 @@ async def delete_document(name: str, doc_id: str, request: Request, rag: Rag) ->
     return Deleted(id=doc_id, object="document")
 
 
-@router.get("/rag/jobs", response_model=JobList, tags=["rag"])
+@router.get("/rag/jobs", response_model=JobList, responses=_LIST_ERRORS, tags=["rag"])
 async def list_jobs(request: Request, rag: Rag) -> JobList:
     who = caller(request)
     return JobList(data=[j for j in rag.jobs.all() if who.can(j.collection)])
@@ -261,7 +278,7 @@ async def get_job(job_id: str, request: Request, rag: Rag) -> Job:
 # ---------------------------------------------------------------- chunk, retrieve, rerank
 
 
-@router.post("/rag/chunk", response_model=ChunkResponse, responses=_ERRORS, tags=["rag"])
+@router.post("/rag/chunk", response_model=ChunkResponse, responses=_BODY_ERRORS, tags=["rag"])
 async def chunk(body: ChunkRequest, rag: Rag) -> ChunkResponse:
     """Chunks of a text as ingestion would make them, without storing anything."""
     doc = ParsedDocument(body.text, body.format)
@@ -272,7 +289,7 @@ async def chunk(body: ChunkRequest, rag: Rag) -> ChunkResponse:
     return ChunkResponse(data=chunks, strategy=params.strategy, max_tokens=rag.chunker.max_tokens)
 
 
-@router.post("/rag/retrieve", response_model=RetrieveResponse, responses=_ERRORS, tags=["rag"])
+@router.post("/rag/retrieve", response_model=RetrieveResponse, responses=_BODY_ERRORS, tags=["rag"])
 async def retrieve(body: RetrieveRequest, request: Request, rag: Rag) -> RetrieveResponse:
     """Best chunks for a query: dense, sparse (BM25) or hybrid (Qdrant's prefetch + RRF/DBSF fusion)."""
     for name in body.targets():
@@ -285,7 +302,7 @@ async def retrieve(body: RetrieveRequest, request: Request, rag: Rag) -> Retriev
     return RetrieveResponse(data=hits, timings=dict(timings))
 
 
-@router.post("/rag/rerank", response_model=RerankResponse, responses=_ERRORS, tags=["rag"])
+@router.post("/rag/rerank", response_model=RerankResponse, responses=_BODY_ERRORS, tags=["rag"])
 async def rerank(body: RerankRequest, rag: Rag) -> RerankResponse:
     """Passages (or a retrieval's hits) ordered by the rerank service."""
     texts = body.documents if body.documents is not None else [h.text for h in body.hits or []]
@@ -305,7 +322,12 @@ async def rerank(body: RerankRequest, rag: Rag) -> RerankResponse:
 # ---------------------------------------------------------------- answers
 
 
-@router.post("/rag/query", response_model=QueryResponse, responses=_ERRORS, tags=["rag"])
+@router.post(
+    "/rag/query",
+    response_model=QueryResponse,
+    responses={200: sse_response_doc("The answer, or with `stream: true` typed events."), **_BODY_ERRORS},
+    tags=["rag"],
+)
 async def query(body: QueryRequest, request: Request, rag: Rag) -> Response:
     """Answer from the collection(s) with citations; `stream: true` sends typed events."""
     for name in body.targets():
@@ -379,6 +401,8 @@ async def _openai_chunks(
             yield chunk({"content": data["text"]})
         elif data["type"] == "citations":
             citations = data["citations"]
+        elif data["type"] == "error":
+            yield sse_data({"error": data["error"]})
         elif data["type"] == "done":
             yield chunk({}, data.get("finish_reason") or "stop", sources=citations, timings=data["timings"])
             if options is not None and getattr(options, "include_usage", False):
@@ -394,7 +418,7 @@ def rag_model_cards(collections: list[CollectionInfo]) -> list[dict[str, Any]]:
     ]
 
 
-@router.get("/v1/models", tags=["openai"])
+@router.get("/v1/models", responses=_LIST_ERRORS, tags=["openai"])
 async def models(request: Request, rag: Rag) -> dict[str, Any]:
     """One `rag:<collection>` model per collection the key may use."""
     who = caller(request)

@@ -680,7 +680,11 @@ class TransformersEngine:
                 ids = torch.tensor(sorted(seen), dtype=torch.long, device=logits.device)
                 picked = logits[row, ids]
                 penalty = opts.repetition_penalty
-                logits[row, ids] = torch.where(picked > 0, picked / penalty, picked * penalty)
+                penalized = torch.where(picked > 0, picked / penalty, picked * penalty)
+                # A tiny penalty (5e-324) is 0 in float32: x / 0 is +inf (NaN after log_softmax) and
+                # -inf * 0 is NaN (argmax picks it, past the grammar's mask). Keep -inf, cap the rest.
+                finite = penalized.clamp(max=torch.finfo(logits.dtype).max)
+                logits[row, ids] = torch.where(picked == float("-inf"), picked, finite)
             if (opts.presence_penalty or opts.frequency_penalty) and seq.output:
                 out = torch.tensor(seq.output, dtype=torch.long, device=logits.device)
                 counts = torch.bincount(out, minlength=vocab)[:vocab].to(logits.dtype)

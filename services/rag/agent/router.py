@@ -13,6 +13,7 @@ from langchain_core.language_models import BaseChatModel
 
 from services.common.errors import error_for
 from services.common.http import cancel_on_disconnect
+from services.common.protocol import error_responses, sse_response_doc
 from services.common.sse import sse_event, sse_response
 
 from .kb import KnowledgeBase
@@ -23,10 +24,13 @@ GetKB = Callable[[Request], KnowledgeBase | Awaitable[KnowledgeBase]]
 GetChatModel = Callable[[Request], BaseChatModel | Awaitable[BaseChatModel]]
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The answer and trace, or with `stream: true` server-sent events, one JSON object each."},
-    400: {"description": "Invalid request (OpenAI error body), e.g. an unknown tool."},
-    429: {"description": "The chat model is over capacity."},
-    503: {"description": "The chat model or knowledge base is unavailable."},
+    200: sse_response_doc("The answer and trace, or with `stream: true` server-sent events, one JSON object each."),
+    **error_responses(
+        *(400, 401, 403, 404, 413, 429, 503),
+        e400="Invalid request (OpenAI error body), e.g. an unknown tool.",
+        e429="Rate limited, or the chat model is over capacity.",
+        e503="The chat model or knowledge base is unavailable.",
+    ),
 }
 
 
