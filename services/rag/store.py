@@ -71,8 +71,6 @@ STALE_STAGED_S = 3600.0
 _META_KEY = "inferag"
 _NAMESPACE = uuid.UUID("5b7c1f0e-8d6a-4c1e-9a51-3f2f6f1e4a20")
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-# metadata keys become payload paths (`metadata.<key>`), so no path syntax in them
-_FILTER_KEY = re.compile(r"^[^.\[\]\"\s]{1,128}$")
 _RANGE_OPS = ("gt", "gte", "lt", "lte")
 _RESERVED_KEYS = ("doc_id", "source")
 _SCROLL_PAGE = 1024
@@ -155,6 +153,12 @@ def _bad_filter(message: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid filter: {message}", param="filter")
 
 
+def _plain_key(key: object) -> bool:
+    """A metadata key usable as `metadata.<key>`: Qdrant parses unquoted path keys as letters, digits, '_', '-'
+    (anything else, like '=' or a control character, made its local mode raise: a 500)."""
+    return isinstance(key, str) and 0 < len(key) <= 128 and all(c.isalnum() or c in "_-" for c in key)
+
+
 def filter_conditions(
     spec: MetadataFilter | None,
 ) -> tuple[list[models.Condition], dict[str, models.PayloadSchemaType]]:
@@ -170,7 +174,7 @@ def filter_conditions(
     conditions: list[models.Condition] = []
     indexes: dict[str, models.PayloadSchemaType] = {}
     for key, value in spec.items():
-        if not isinstance(key, str) or not _FILTER_KEY.match(key):
+        if not _plain_key(key):
             raise _bad_filter(f"invalid key {key!r}.")
         reserved = key in _RESERVED_KEYS
         path = key if reserved else f"metadata.{key}"
