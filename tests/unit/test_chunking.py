@@ -354,6 +354,8 @@ async def test_a_megabyte_is_fast_and_off_the_event_loop(chunker: Chunker, strat
     done.set()
     await ticker
     assert elapsed < 10
-    assert max(np.diff(ticks)) < 0.5, "the event loop was blocked"
+    # Tokenizing on the loop would stall it for about the whole run; off it, the longest stall is a GIL
+    # hand-over, which a loaded 2-core machine can stretch past 0.5 s: compare with the run's length.
+    assert max(np.diff(ticks)) < max(0.5, elapsed / 2), "the event loop was blocked"
     assert chunks[-1].end > len(source) - 100
     assert max(c.tokens for c in chunks) <= 200
