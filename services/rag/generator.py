@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from services.common.errors import InferagError, NotReady, UpstreamUnavailable
+from services.common.errors import NotReady, UpstreamUnavailable
 from services.common.upstream import call, upstream_error
 from services.generation.protocol import ChatCompletionRequest
 from services.generation.serving import GenerationService
@@ -33,11 +33,15 @@ class Generator(Protocol):
         ...
 
 
-def _error_event(chunk: dict[str, Any]) -> InferagError | None:
+def _chunk(line: str) -> dict[str, Any] | None:
+    """The chunk of one SSE line (None for other lines and `[DONE]`); an error event raises its error."""
+    if not line.startswith("data: ") or line == "data: [DONE]":
+        return None
+    chunk: dict[str, Any] = json.loads(line[6:])
     if "error" in chunk and "choices" not in chunk:
         status = {"rate_limit_error": 429, "invalid_request_error": 400}.get(chunk["error"].get("type"), 500)
-        return upstream_error(status, chunk)
-    return None
+        raise upstream_error(status, chunk)
+    return chunk
 
 
 class InProcessGenerator:
@@ -68,12 +72,8 @@ class InProcessGenerator:
         try:
             async for event in result:
                 for line in event.splitlines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if (error := _error_event(chunk)) is not None:
-                        raise error
-                    yield chunk
+                    if (chunk := _chunk(line)) is not None:
+                        yield chunk
         finally:
             aclose = getattr(result, "aclose", None)
             if aclose is not None:
@@ -104,11 +104,7 @@ class HttpGenerator:
                         parsed = raw.decode(errors="replace")
                     raise upstream_error(resp.status_code, parsed, resp.headers)
                 async for line in resp.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if (error := _error_event(chunk)) is not None:
-                        raise error
-                    yield chunk
+                    if (chunk := _chunk(line)) is not None:
+                        yield chunk
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(f"The generation service at {self.client.base_url} failed: {exc}") from exc

@@ -191,36 +191,36 @@ async def _uploads(request: Request) -> tuple[list[Upload], dict[str, Any] | Non
 async def ingest(name: str, request: Request, rag: Rag) -> Response:
     """Ingest JSON documents or uploaded files (.txt .md .html .pdf); large ones run as a job (202)."""
     caller(request).check(name, write=True)
-    content_type = request.headers.get("content-type", "")
     size = int(request.headers.get("content-length") or 0)
-    if content_type.startswith("multipart/form-data"):
-        uploads, chunking, background = await _uploads(request)
-        if background is None:
-            background = size > rag.settings.background_threshold_bytes or len(uploads) > 16
-        if background:
-            await rag.ingestor.ensure_collection(name)
-            job = rag.jobs.submit(name, list(uploads), chunking)
-            return JSONResponse(job.model_dump(mode="json"), status_code=202)
-        docs = [u.parse() for u in uploads]
+    items: list[ParsedDocument] | list[Upload]
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        items, chunking, background = await _uploads(request)
     else:
         try:
             body = IngestRequest.model_validate_json(await request.body())
         except ValidationError as exc:
             raise _invalid(exc) from None
         chunking, background = body.chunking, body.background
-        docs = [ParsedDocument(d.text, d.format, d.source, d.metadata, d.id) for d in body.documents]
-        for doc in docs:
-            if doc.format == "html":
-                doc.text, extra = html_text(doc.text)
-                doc.metadata = {**extra, **doc.metadata}
-        if background is None:
-            background = size > rag.settings.background_threshold_bytes or len(docs) > 16
-        if background:
-            await rag.ingestor.ensure_collection(name)
-            job = rag.jobs.submit(name, list(docs), chunking)
-            return JSONResponse(job.model_dump(mode="json"), status_code=202)
+        items = [_document(d.text, d.format, d.source, d.metadata, d.id) for d in body.documents]
+    if background is None:
+        background = size > rag.settings.background_threshold_bytes or len(items) > 16
+    if background:
+        await rag.ingestor.ensure_collection(name)
+        job = rag.jobs.submit(name, list(items), chunking)
+        return JSONResponse(job.model_dump(mode="json"), status_code=202)
+    docs = [u.parse() if isinstance(u, Upload) else u for u in items]
     result = await rag.ingestor.ingest(name, docs, chunking)
     return JSONResponse(result.model_dump(mode="json"))
+
+
+def _document(
+    text: str, fmt: str, source: str | None = None, metadata: dict[str, Any] | None = None, doc_id: str | None = None
+) -> ParsedDocument:
+    """A JSON document ready for chunking (HTML turned into its text, its title into metadata)."""
+    if fmt == "html":
+        text, extra = html_text(text)
+        metadata = {**extra, **(metadata or {})}
+    return ParsedDocument(text, fmt, source, metadata or {}, doc_id)
 
 
 def _invalid(exc: ValidationError) -> InvalidRequest:
@@ -281,9 +281,7 @@ async def get_job(job_id: str, request: Request, rag: Rag) -> Job:
 @router.post("/rag/chunk", response_model=ChunkResponse, responses=_BODY_ERRORS, tags=["rag"])
 async def chunk(body: ChunkRequest, rag: Rag) -> ChunkResponse:
     """Chunks of a text as ingestion would make them, without storing anything."""
-    doc = ParsedDocument(body.text, body.format)
-    if body.format == "html":
-        doc.text, _ = html_text(body.text)
+    doc = _document(body.text, body.format)
     params = rag.ingestor.chunking(body.chunking, body.format)
     chunks = await rag.chunker.chunk(doc.text, params)
     return ChunkResponse(data=chunks, strategy=params.strategy, max_tokens=rag.chunker.max_tokens)

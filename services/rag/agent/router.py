@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from langchain_core.language_models import BaseChatModel
 
 from services.common.errors import error_for
-from services.common.http import cancel_on_disconnect
+from services.common.http import cancel_on_disconnect, peeked
 from services.common.protocol import error_responses, sse_response_doc
 from services.common.sse import sse_event, sse_response
 
@@ -60,7 +60,7 @@ class AgentRoutes:
         if body.stream:
             # The first event is pulled before the response starts, so request and
             # chat model errors still come back as HTTP errors.
-            events = await _started(run_agent(body, kb, model, **self.options))
+            events = await peeked(run_agent(body, kb, model, **self.options))
             return sse_response(_encoded(events))
         result = await cancel_on_disconnect(request, agent_response(body, kb, model, **self.options))
         return JSONResponse(result.model_dump(exclude_none=True))
@@ -91,23 +91,6 @@ def make_agent_router(
 
 async def _resolve(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
-
-
-async def _started(events: AsyncGenerator[AgentEvent, None]) -> AsyncGenerator[AgentEvent, None]:
-    """Pull the first event now (its errors raise here) and return a generator of all events."""
-    try:
-        first = await anext(events)
-    except BaseException:
-        await events.aclose()
-        raise
-
-    async def chained() -> AsyncGenerator[AgentEvent, None]:
-        async with contextlib.aclosing(events):
-            yield first
-            async for event in events:
-                yield event
-
-    return chained()
 
 
 async def _encoded(events: AsyncGenerator[AgentEvent, None]) -> AsyncIterator[str]:
