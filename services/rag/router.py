@@ -5,6 +5,7 @@ Routes only turn requests into calls on the loaded `RagService` and results into
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -208,7 +209,8 @@ async def ingest(name: str, request: Request, rag: Rag) -> Response:
         await rag.ingestor.ensure_collection(name)
         job = rag.jobs.submit(name, list(items), chunking)
         return JSONResponse(job.model_dump(mode="json"), status_code=202)
-    docs = [u.parse() if isinstance(u, Upload) else u for u in items]
+    # PDF text extraction is CPU work: off the event loop
+    docs = [await asyncio.to_thread(u.parse) if isinstance(u, Upload) else u for u in items]
     result = await rag.ingestor.ingest(name, docs, chunking)
     return JSONResponse(result.model_dump(mode="json"))
 
