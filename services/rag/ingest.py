@@ -14,13 +14,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
 from services.common.errors import Conflict, InferagError, InvalidRequest, NotFound, Overloaded
 from services.embeddings.client import Embedder
 
 from .bm25 import BM25Encoder
-from .chunking import Chunker, ChunkingParams
+from .chunking import Chunker, ChunkingParams, parse_chunking
 from .metrics import RagMetrics
 from .parsing import ParsedDocument, parse_upload
 from .protocol import IngestResult, Job, JobError
@@ -73,16 +71,11 @@ class Ingestor:
         strategy = params.get("strategy", base["strategy"])
         if "chunk_size" not in params:
             base["chunk_size"] = self.settings.chunk_size
-        if strategy in ("recursive", "markdown") and "chunk_overlap" not in params:
-            size = params.get("chunk_size", self.settings.chunk_size)
-            base["chunk_overlap"] = min(self.settings.chunk_overlap, int(size) // 2)
-        try:
-            return ChunkingParams.model_validate({**base, **params})
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            param = f"chunking.{where}" if where else "chunking"
-            raise InvalidRequest(f"{param}: {err['msg']}", param=param) from None
+        size = params.get("chunk_size", self.settings.chunk_size)
+        # a size that is not a number is left for the validation to refuse with a 400
+        if strategy in ("recursive", "markdown") and "chunk_overlap" not in params and isinstance(size, int):
+            base["chunk_overlap"] = min(self.settings.chunk_overlap, size // 2)
+        return parse_chunking({**base, **params})
 
     async def ensure_collection(self, name: str, *, create: bool = True) -> CollectionInfo:
         """The collection, created for this embedding model on first use; refuses one made for another model."""

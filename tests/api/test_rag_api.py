@@ -168,6 +168,8 @@ async def test_chunk_route(stack: httpx.AsyncClient, strategy: str) -> None:
     for c in body["data"]:
         assert text[c["start"] : c["end"]] == c["text"] and 0 < c["tokens"] <= body["max_tokens"]
     assert_error(await stack.post("/rag/chunk", json={"text": "x", "chunking": {"chunk_size": 100000}}), 400)
+    error = assert_error(await stack.post("/rag/chunk", json={"text": "x", "chunking": {"chunk_size": "abc"}}), 400)
+    assert error["param"] == "chunking.chunk_size"
 
 
 async def retrieve(c: httpx.AsyncClient, **body: Any) -> list[dict[str, Any]]:
