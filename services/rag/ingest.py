@@ -24,7 +24,7 @@ from .parsing import ParsedDocument, parse_upload
 from .protocol import IngestResult, Job, JobError
 from .settings import RagSettings
 from .store import VectorStore
-from .types import Chunk, CollectionInfo, DocumentInfo
+from .types import Chunk, DocumentInfo
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +77,24 @@ class Ingestor:
             base["chunk_overlap"] = min(self.settings.chunk_overlap, size // 2)
         return parse_chunking({**base, **params})
 
-    async def ensure_collection(self, name: str, *, create: bool = True) -> CollectionInfo:
-        """The collection, created for this embedding model on first use; refuses one made for another model."""
+    async def ensure_collection(self, name: str) -> None:
+        """Create the collection for this embedding model on first use; refuse one made for another model."""
         try:
-            info = await self.store.get_collection(name)
-        except NotFound:
-            if not create:
-                raise
-            info = await self.store.create_collection(
+            await self.check_collection(name)
+        except NotFound:  # create_collection is idempotent, and a Conflict if another model won a race
+            await self.store.create_collection(
                 name, dimension=self.embedder.dimension, embed_model=self.embedder.embed_model, sparse_model="bm25"
             )
-        if info.embed_model != self.embedder.embed_model or info.dimension != self.embedder.dimension:
+
+    async def check_collection(self, name: str) -> None:
+        """NotFound (404) without the collection, Conflict (409) when it holds another model's vectors."""
+        dimension, model = await self.store.embedding(name)
+        if model != self.embedder.embed_model or dimension != self.embedder.dimension:
             raise Conflict(
-                f"Collection '{name}' holds vectors of '{info.embed_model}' ({info.dimension} dimensions); this "
+                f"Collection '{name}' holds vectors of '{model}' ({dimension} dimensions); this "
                 f"service embeds with '{self.embedder.embed_model}'. Use another collection or the same model.",
                 param="collection",
             )
-        return info
 
     async def prepare(self, doc: ParsedDocument, chunking: dict[str, Any] | None) -> list[Chunk]:
         chunks = await self.chunker.chunk(doc.text, self.chunking(chunking, doc.format))

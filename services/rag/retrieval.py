@@ -35,7 +35,7 @@ class Retriever:
         """Best `top_k` chunks over `collections` (each must exist: 404 otherwise)."""
         timings = timings if timings is not None else Timings()
         for name in collections:
-            await self.ingestor.ensure_collection(name, create=False)
+            await self.ingestor.check_collection(name)
         dense = sparse = None
         with timings.stage("embed"):
             if mode in ("dense", "hybrid"):

@@ -89,7 +89,8 @@ async def list_collections(request: Request, rag: Rag) -> CollectionList:
 async def create_collection(body: CollectionCreate, request: Request, rag: Rag) -> CollectionInfo:
     """Create a collection for the served embedding model (idempotent)."""
     caller(request).check(body.name, write=True)
-    return await rag.ingestor.ensure_collection(body.name)
+    await rag.ingestor.ensure_collection(body.name)
+    return await rag.store.get_collection(body.name)
 
 
 @router.get("/rag/collections/{name}", response_model=CollectionInfo, responses=_ERRORS, tags=["rag"])

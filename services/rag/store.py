@@ -482,6 +482,13 @@ class VectorStore:
                 infos.append(self._info(name, meta, self._count_sync(name)))
         return sorted(infos, key=lambda info: info.name)
 
+    async def embedding(self, name: str) -> tuple[int, str]:
+        """(dimension, embedding model) of a collection from its cached metadata, without counting its points
+        (`NotFound` if absent): the check a read or a write needs on every request."""
+        await self._ready()
+        meta = await self._meta(name)
+        return meta.dimension, meta.embed_model
+
     async def get_collection(self, name: str) -> CollectionInfo:
         await self._ready()
         meta = await self._meta(name)
