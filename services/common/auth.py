@@ -73,10 +73,6 @@ def authenticate(request: Request, key: SecretStr | None, keys: list[ApiKey] | N
     return found
 
 
-def check_api_key(request: Request, key: SecretStr | None, keys: list[ApiKey] | None = None) -> Principal:
-    return authenticate(request, key, keys)
-
-
 @dataclass
 class _Bucket:
     tokens: float

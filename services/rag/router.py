@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -201,7 +202,8 @@ async def ingest(name: str, request: Request, rag: Rag) -> Response:
         try:
             body = IngestRequest.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise _invalid(exc) from None
+            # the same 400 body as every request FastAPI validates itself
+            raise RequestValidationError(exc.errors()) from None
         chunking, background = body.chunking, body.background
         items = [_document(d.text, d.format, d.source, d.metadata, d.id) for d in body.documents]
     if background is None:
@@ -224,14 +226,6 @@ def _document(
         text, extra = html_text(text)
         metadata = {**extra, **(metadata or {})}
     return ParsedDocument(text, fmt, source, metadata or {}, doc_id)
-
-
-def _invalid(exc: ValidationError) -> InvalidRequest:
-    err = exc.errors()[0]
-    if err.get("type") == "json_invalid":
-        return InvalidRequest("The request body is not valid JSON.", code="invalid_json")
-    param = ".".join(str(p) for p in err["loc"]) or None
-    return InvalidRequest(f"{param}: {err['msg']}" if param else err["msg"], param=param, code="invalid_value")
 
 
 @router.get("/rag/collections/{name}/documents", response_model=DocumentList, responses=_ERRORS, tags=["rag"])

@@ -80,9 +80,7 @@ async def http_links(settings: RagSettings) -> Links:
             embeddings = await HttpEmbeddings.connect(settings.embeddings_url, client=emb_client)
             await generator.models()
             break
-        except UpstreamUnavailable as exc:
-            log.info("waiting for upstream services: %s", exc.message)
-        except InferagError as exc:  # 503 while they load
+        except InferagError as exc:  # unreachable, or 503 while they load
             log.info("waiting for upstream services: %s", exc.message)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5)
@@ -170,9 +168,6 @@ class RagService:
             max_retries=0,
             **kwargs,
         )
-
-    async def collection_or_404(self, name: str) -> CollectionInfo:
-        return await self.store.get_collection(name)
 
     async def check_ready(self) -> None:
         """UpstreamUnavailable while the store or a service this one calls is down (for /ready)."""

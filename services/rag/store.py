@@ -85,6 +85,12 @@ class StoreLocked(InferagError):
     type = "service_unavailable"
     code = "store_locked"
 
+    def __init__(self, folder: str | Path):
+        super().__init__(
+            f"The vector store folder {folder} is in use by another process (embedded Qdrant allows one). "
+            "Stop the other process, or run a Qdrant server and set QDRANT_URL."
+        )
+
 
 @dataclass(frozen=True)
 class _Meta:
@@ -307,10 +313,7 @@ class VectorStore:
         except RuntimeError as exc:
             if "already accessed" not in str(exc):
                 raise
-            raise StoreLocked(
-                f"The vector store folder {self.location} is in use by another process (embedded Qdrant "
-                "allows one). Stop the other process, or run a Qdrant server and set QDRANT_URL."
-            ) from exc
+            raise StoreLocked(self.location) from exc
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -932,8 +935,5 @@ def check_folder_free(path: str | Path) -> None:
         try:
             portalocker.lock(f, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
         except portalocker.exceptions.LockException:
-            raise StoreLocked(
-                f"The vector store folder {Path(path).resolve()} is in use by another process (embedded Qdrant "
-                "allows one). Stop the other process, or run a Qdrant server and set QDRANT_URL."
-            ) from None
+            raise StoreLocked(Path(path).resolve()) from None
         portalocker.unlock(f)
