@@ -200,11 +200,15 @@ class Answerer:
 
     # ------------------------------------------------------------ the two ways to answer
 
-    async def answer(self, req: QueryRequest) -> QueryResponse:
+    async def _ground(self, req: QueryRequest) -> tuple[Timings, str, str, list[Hit]]:
+        """What both ways of answering start with: timings, the model, the retrieval query and the sources."""
         timings = Timings(self.metrics)
         model = await self.model(req.model)
         queries = await self.search_queries(req, model)
-        sources = await self.sources(req, queries, timings)
+        return timings, model, queries[0], await self.sources(req, queries, timings)
+
+    async def answer(self, req: QueryRequest) -> QueryResponse:
+        timings, model, query, sources = await self._ground(req)
         usage, finish = Usage(), "stop"
         if sources:
             with timings.stage("generate"):
@@ -219,24 +223,21 @@ class Answerer:
         given = [_citation(i, h) for i, h in enumerate(sources, start=1)]
         cited = [given[n - 1] for n in cited_numbers(text)]
         return QueryResponse(
-            model=model, answer=text, citations=cited, sources=given, query=queries[0], usage=usage,
+            model=model, answer=text, citations=cited, sources=given, query=query, usage=usage,
             timings=dict(timings), finish_reason=finish,
         )  # fmt: skip
 
     async def stream(self, req: QueryRequest) -> AsyncIterator[str]:
         """Typed SSE events: retrieval, delta…, citations, done. Failures before generation starts (a full
         generation service: 429) raise here, so they get an HTTP status; later ones end in an `error` event."""
-        timings = Timings(self.metrics)
-        model = await self.model(req.model)
-        queries = await self.search_queries(req, model)
-        sources = await self.sources(req, queries, timings)
+        timings, model, query, sources = await self._ground(req)
         given = [_citation(i, h) for i, h in enumerate(sources, start=1)]
         chunks: AsyncGenerator[dict[str, Any], None] | None = None
         started = time.perf_counter()
         if sources:
             body = {**self._generation_body(req, model, sources), "stream_options": {"include_usage": True}}
             chunks = await peeked(self.generator.chat_stream(body))
-        return self._events(model, queries[0], given, timings, chunks, started)
+        return self._events(model, query, given, timings, chunks, started)
 
     async def _events(
         self,
