@@ -193,6 +193,20 @@ def test_best_adapter_is_on_disk_after_each_improving_evaluation(
     assert seen and all(on_disk for _, on_disk in seen)
 
 
+def test_training_continues_from_an_adapter(tiny_model_dir: Path, small_dataset: Path, tmp_path: Path) -> None:
+    """A second round starts where the first ended: its first held-out loss is the first round's best."""
+    first = train_lora(str(tiny_model_dir), small_dataset, tmp_path / "a", r=4, alpha=8, lr=5e-3, batch_size=4,
+                       max_steps=2, eval_every=1, patience=10, num_threads=1)  # fmt: skip
+    again = train_lora(str(tiny_model_dir), small_dataset, tmp_path / "b", lr=5e-3, batch_size=4, max_steps=1,
+                       eval_every=1, patience=10, num_threads=1, init_adapter=first.adapter_path)  # fmt: skip
+    assert first.best_val_loss < first.initial_val_loss
+    assert again.initial_val_loss == pytest.approx(first.best_val_loss, rel=1e-6)
+    config = json.loads((tmp_path / "b" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 8
+    assert json.loads((tmp_path / "b" / "train_result.json").read_text())["config"]["init_adapter"] == str(
+        first.adapter_path)  # fmt: skip
+
+
 def test_early_stopping_keeps_the_best_adapter(tiny_model_dir: Path, small_dataset: Path, tmp_path: Path) -> None:
     # lr=0: the held-out loss can't improve, so training stops after `patience` evaluations.
     result = train_lora(str(tiny_model_dir), small_dataset, tmp_path / "a", r=4, alpha=8, lr=0.0, batch_size=4,

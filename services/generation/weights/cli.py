@@ -284,6 +284,9 @@ def finetune(
         int | None, typer.Option(help="Steps between held-out evaluations; default: each epoch.")
     ] = None,
     max_length: Annotated[int, typer.Option(help="Tokens kept of each example (longer ones are cut).")] = 1024,
+    init_adapter: Annotated[
+        Path | None, typer.Option(help="Continue training this adapter (its rank, alpha and modules).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and LoRA init.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
@@ -314,6 +317,7 @@ def finetune(
             warmup_steps=warmup_steps,
             eval_every=eval_every,
             max_length=max_length,
+            init_adapter=init_adapter,
             seed=seed,
             device=device,
             num_threads=threads,

@@ -225,8 +225,13 @@ def train_lora(
     dtype: str = "auto",
     num_threads: int | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    init_adapter: str | Path | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter on `dataset_jsonl` and write the best one (lowest held-out loss) to `out_dir`."""
+    """Train a LoRA adapter on `dataset_jsonl` and write the best one (lowest held-out loss) to `out_dir`.
+
+    `init_adapter`: continue from that adapter (its r, alpha and target modules; `r`, `alpha`, `dropout` and
+    `target_modules` are then ignored), e.g. to train a long run in rounds on a busy machine.
+    """
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -282,15 +287,21 @@ def train_lora(
     model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=tdtype)
     model = model.to(dev)
     model.config.use_cache = False
-    lora = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=list(target_modules),
-        task_type="CAUSAL_LM",
-        bias="none",
-    )
-    model = get_peft_model(model, lora)
+    if init_adapter is not None:  # continue training an adapter: its rank, alpha and modules, its weights
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+        config["init_adapter"] = str(init_adapter)
+    else:
+        lora = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=list(target_modules),
+            task_type="CAUSAL_LM",
+            bias="none",
+        )
+        model = get_peft_model(model, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
