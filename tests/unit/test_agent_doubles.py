@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import zlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -129,6 +130,17 @@ DOCUMENTS: dict[str, dict[str, list[str]]] = {
 }
 
 
+def bag_of_words(texts: Sequence[str], dimension: int = 64) -> list[list[float]]:
+    """A deterministic stand-in for an embedding model: hashed word counts (shared words → similar)."""
+    vectors = []
+    for text in texts:
+        vector = [0.0] * dimension
+        for word in re.findall(r"\w+", text.lower()):
+            vector[zlib.crc32(word.encode()) % dimension] += 1.0
+        vectors.append(vector)
+    return vectors
+
+
 class MemoryKB:
     """Scores chunks by the query words they contain; records every call."""
 
@@ -169,6 +181,12 @@ class MemoryKB:
         chunks = self._chunks(collection, doc_id)
         info = DocumentInfo(doc_id=doc_id, chunks=len(chunks), version="1", ingested_at=0.0)
         return info, chunks
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return bag_of_words(texts)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
 
     async def list_collections(self) -> list[CollectionInfo]:
         return [
