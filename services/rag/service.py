@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +129,12 @@ class KnowledgeBase:
     async def list_collections(self) -> list[CollectionInfo]:
         return [c for c in await self.service.store.list_collections() if self.caller.can(c.name)]
 
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return await self.service.links.embeddings.embed(texts)
+
+    def count_tokens(self, text: str) -> int:
+        return self.service.chunker.count_tokens(text)
+
 
 class RagService:
     def __init__(self, settings: RagSettings, store: VectorStore, links: Links, chunker: Chunker, metrics: RagMetrics):
@@ -137,7 +143,9 @@ class RagService:
         self.ingestor = Ingestor(store, links.embeddings, chunker, self.sparse, settings, metrics)
         self.jobs = JobManager(self.ingestor, settings, metrics)
         self.retriever = Retriever(store, links.embeddings, links.embeddings, self.sparse, self.ingestor)
-        self.answerer = Answerer(self.retriever, links.generator, settings, metrics)
+        self.answerer = Answerer(
+            self.retriever, links.generator, links.embeddings, chunker.count_tokens, settings, metrics
+        )
 
     @classmethod
     async def load(cls, settings: RagSettings, metrics: RagMetrics, links: Links) -> RagService:
