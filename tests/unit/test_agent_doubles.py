@@ -34,6 +34,7 @@ class ScriptedChatModel(BaseChatModel):
     fail_on_call: int | None = Field(None, description="Raise on this call (1-based), like an unreachable server.")
     _calls: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
     _kwargs: list[dict[str, Any]] = PrivateAttr(default_factory=list)
+    _cancelled: list[int] = PrivateAttr(default_factory=list)
 
     @property
     def _llm_type(self) -> str:
@@ -46,6 +47,11 @@ class ScriptedChatModel(BaseChatModel):
     @property
     def kwargs(self) -> list[dict[str, Any]]:
         return self._kwargs
+
+    @property
+    def cancelled(self) -> list[int]:
+        """The calls (1-based) cancelled while the model was still writing."""
+        return self._cancelled
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
         return self.bind(tools=list(tools), **kwargs)
@@ -86,7 +92,11 @@ class ScriptedChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         message = self._next(messages, stop, kwargs)
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            try:
+                await asyncio.sleep(self.delay_s)
+            except asyncio.CancelledError:
+                self._cancelled.append(len(self._calls))
+                raise
         text = str(message.content)
         for i in range(0, len(text), self.chunk_size):
             yield ChatGenerationChunk(message=AIMessageChunk(content=text[i : i + self.chunk_size]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from services.rag.types import CollectionInfo, DocumentInfo, Hit, StoredChunk
@@ -17,3 +18,11 @@ class KnowledgeBase(Protocol):
         ...
 
     async def list_collections(self) -> list[CollectionInfo]: ...
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embeddings of `texts` (sentence selection and quotes)."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text`, as the context budget counts them."""
+        ...
