@@ -15,6 +15,7 @@ signatures, or change the builder with them.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -116,8 +117,9 @@ def sentence_spans(chunk: StoredChunk) -> list[Span]:
 
 
 def words(text: str) -> set[str]:
-    """Lower-cased words of three letters or more, or any number (for lexical overlap)."""
-    return {w for w in (m.group(0).lower() for m in _WORD.finditer(text)) if len(w) > 2 or w.isdigit()}
+    """Lower-cased, unaccented words of three letters or more, or any number (for lexical overlap)."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text.lower()) if not unicodedata.combining(c))
+    return {w for w in (m.group(0) for m in _WORD.finditer(plain)) if len(w) > 2 or w.isdigit()}
 
 
 def overlap(a: set[str], b: set[str]) -> float:
@@ -156,6 +158,30 @@ def _next_start(hit: Hit, span: Span) -> int:
     return span.end + skipped + (mark.end() if mark else 0)
 
 
+# How much the question's words (weighted by their rarity among the candidates) count next to the
+# embedding similarity, and how much a sentence of a better-ranked chunk is preferred: the dense model
+# alone misses numbers, names and non-English text that retrieval's BM25 side found.
+LEXICAL_WEIGHT = 0.5
+RANK_WEIGHT = 0.1
+
+
+def relevance(question: str, texts: Sequence[str], similarity: np.ndarray, ranks: Sequence[int]) -> list[float]:
+    """A score per candidate sentence: cosine similarity to the question, plus the IDF-weighted share of the
+    question's words it holds, plus a prior for the retrieval rank of its chunk."""
+    bags = [words(t) for t in texts]
+    df: dict[str, int] = {}
+    for bag in bags:
+        for w in bag:
+            df[w] = df.get(w, 0) + 1
+    asked = words(question)
+    idf = {w: np.log(1 + len(bags) / (1 + df.get(w, 0))) for w in asked}
+    total = sum(idf.values()) or 1.0
+    return [
+        float(similarity[k]) + LEXICAL_WEIGHT * sum(idf[w] for w in asked & bag) / total + RANK_WEIGHT / (1 + ranks[k])
+        for k, bag in enumerate(bags)
+    ]
+
+
 async def select_context(
     question: str,
     hits: list[Hit],
@@ -177,14 +203,10 @@ async def select_context(
     flat = [(i, j) for i, s in enumerate(spans) for j in range(len(s))]
     if not flat:
         return _chunks(hits, spans, budget_tokens, count_tokens)
-    vectors = unit_rows(await embedder.embed([question, *(spans[i][j].text for i, j in flat)]))
-    similarity = vectors[1:] @ vectors[0]
-    asked = words(question)
-    # Closest first; words of the question break near-ties (numbers, names the embedding blurs).
-    order = sorted(
-        range(len(flat)),
-        key=lambda k: (-round(float(similarity[k]), 2), -overlap(asked, words(spans[flat[k][0]][flat[k][1]].text)), k),
-    )
+    texts = [spans[i][j].text for i, j in flat]
+    vectors = unit_rows(await embedder.embed([question, *texts]))
+    scores = relevance(question, texts, vectors[1:] @ vectors[0], [i for i, _ in flat])
+    order = sorted(range(len(flat)), key=lambda k: (-scores[k], k))
     chosen: set[tuple[int, int]] = set()
     used = 0
     for k in order:

@@ -226,6 +226,16 @@ async def test_an_answer_citing_nothing_is_corrected_once_then_ends_as_i_dont_kn
 
 
 @pytest.mark.asyncio
+async def test_an_honest_i_dont_know_ends_at_once_with_the_sources() -> None:
+    model = ScriptedChatModel(replies=["Final Answer: I don't know."])
+    events = await events_of(request(query="Who built the Eiffel Tower?", top_k=1), model)
+    assert len(model.calls) == 1  # no correction asked
+    done = events[-1]
+    assert done.stopped_reason == "unsupported" and done.answer.startswith("I don't know: the sources found")
+    assert [c.doc_id for c in of_type(events, CitationsEvent)[0].citations] == ["eiffel"]
+
+
+@pytest.mark.asyncio
 async def test_calculator_errors_are_observations() -> None:
     model = ScriptedChatModel(
         replies=[

@@ -156,7 +156,8 @@ async def call_model(state: AgentState, runtime: Runtime[RunContext]) -> dict[st
 
     if answer is not None:
         problem = unsupported(answer, ctx)
-        if problem is not None and state["checks"] == 0:
+        honest = DONT_KNOW.search(answer) is not None  # "I don't know" is no claim: no second try
+        if problem is not None and state["checks"] == 0 and not honest:
             log.info("agent: unsupported answer (%s), asking once for a supported one", problem)
             return {
                 "turn": turn,
@@ -206,6 +207,9 @@ async def _execute(ctx: RunContext, write: Writer, turn: int, call: PendingCall,
                           truncated=truncated, duration_ms=ms))  # fmt: skip
     ctx.observed.append(observation)
     return react.observation_message(call.tool, observation, last=last) if ctx.protocol == "react" else observation
+
+
+DONT_KNOW = re.compile(r"\b(?:i don'?t know|i do not know|je ne sais pas)\b", re.IGNORECASE)
 
 
 def planted(call: PendingCall, observed: list[str]) -> bool:

@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from services.rag.protocol import Citation
 
 AgentProtocol = Literal["auto", "native", "react"]
-# unsupported: the model's final answer cited no source it had seen (or stated a number no tool gave),
-# twice; the run answers "I don't know" with the sources it found.
+# unsupported: no supported answer (the model said it does not know, or its answer cited no source it had
+# seen, or stated a number no tool gave, again after one correction); the run answers "I don't know" with
+# the sources it found.
 StoppedReason = Literal["answer", "unsupported", "max_steps", "time_limit", "error"]
 
 
