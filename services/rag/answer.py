@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 from services.common.errors import error_for
 from services.common.http import peeked
-from services.embeddings.client import Embedder
 from services.generation.protocol import ChatCompletionChunk, ChatCompletionRequest
 
 from .citations import CitationFilter, Quotable, choose_quotes, citation, cited_numbers, drop_invalid_markers
-from .context import SourceContext, select_context
+from .context import Embedder, SourceContext, select_context
 from .generator import Generator
 from .metrics import RagMetrics, Timings
 from .prompt import NO_ANSWER, answer_messages

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ _PARTIAL = re.compile(r"\[[\d,;\s]*")
 _LEADING = re.compile(r"\s*\[\s*(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\s*\]")
 _MAX_MARKER = 16  # longest "[1, 2, 3]" kept waiting in a stream before it is known not to be a marker
 
-Embed = Callable[[Sequence[str]], Awaitable[list[list[float]]]]
+Embed = Callable[[Sequence[str]], Awaitable[Sequence[Any]]]  # one vector per text
 
 
 def marker_numbers(match: re.Match[str]) -> list[int]:

@@ -14,11 +14,13 @@ signatures, or change the builder with them.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from segtok.segmenter import split_single
@@ -33,13 +35,38 @@ _LINE_MARK = re.compile(r"^\s*(?:[-*+•>#|]+|\d{1,3}[.)])?\s*")
 _SPACED_END = re.compile(r"(?<=\S) [?!]+(?=\s+[«\"(\[]?[A-ZÀ-ÖØ-Þ0-9])")
 _LONG = 400  # characters: longer sentences (tables, run-on text) are cut at word boundaries
 _WORD = re.compile(r"\w+", re.UNICODE)
+_ACCENTS = re.compile(r"[\u0300-\u036f]")  # combining marks, once NFKD has split them off
 _BLANKS = re.compile(r"[ \t]*\n\s*")
 
 
 class Embedder(Protocol):
     """What selection needs of `services.embeddings.client.Embedder` (which satisfies it)."""
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+    async def embed(self, texts: Sequence[str]) -> Sequence[Any]:
+        """One vector (a sequence of floats) per text."""
+        ...
+
+
+class CachedEmbeddings:
+    """Sentence embeddings kept in an LRU in front of an embedder: the same chunks come back query after
+    query, so their sentences are embedded once (a 384-float vector is 1.5 KB; 20,000 are 30 MB)."""
+
+    def __init__(self, embedder: Embedder, size: int = 20_000):
+        self.embedder, self.size = embedder, size
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    async def embed(self, texts: Sequence[str]) -> list[np.ndarray]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+        if missing:
+            for text, row in zip(missing, unit_rows(await self.embedder.embed(missing)), strict=True):
+                self._vectors[text] = row
+        out = []
+        for text in texts:
+            self._vectors.move_to_end(text)
+            out.append(self._vectors[text])
+        while len(self._vectors) > self.size:
+            self._vectors.popitem(last=False)
+        return out
 
 
 @dataclass(frozen=True)
@@ -62,7 +89,8 @@ class SourceContext:
     vectors: np.ndarray | None = field(default=None, repr=False)  # their embeddings, when computed
 
 
-def split_sentences(text: str) -> list[tuple[int, int]]:
+@functools.lru_cache(maxsize=8192)  # the same chunks come back query after query
+def split_sentences(text: str) -> tuple[tuple[int, int], ...]:
     """(start, end) of each sentence of `text`, in order: lines first (slides, lists), then sentences
     within a line (segtok, with French spaced ?/!); list markers and surrounding blanks are left out."""
     out: list[tuple[int, int]] = []
@@ -82,7 +110,7 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
             cursor = at + len(sentence)
             for a, b in _spaced_ends(sentence):
                 out.extend(_cut_long(body, base + start, at + a, at + b))
-    return out
+    return tuple(out)
 
 
 def _spaced_ends(sentence: str) -> list[tuple[int, int]]:
@@ -116,18 +144,19 @@ def sentence_spans(chunk: StoredChunk) -> list[Span]:
     return [Span(chunk.start + a, chunk.start + b, chunk.text[a:b]) for a, b in split_sentences(chunk.text)]
 
 
-def words(text: str) -> set[str]:
+@functools.lru_cache(maxsize=16384)
+def words(text: str) -> frozenset[str]:
     """Lower-cased, unaccented words of three letters or more, or any number (for lexical overlap)."""
-    plain = "".join(c for c in unicodedata.normalize("NFKD", text.lower()) if not unicodedata.combining(c))
-    return {w for w in (m.group(0) for m in _WORD.finditer(plain)) if len(w) > 2 or w.isdigit()}
+    plain = _ACCENTS.sub("", unicodedata.normalize("NFKD", text.lower()))
+    return frozenset(w for w in _WORD.findall(plain) if len(w) > 2 or w.isdigit())
 
 
-def overlap(a: set[str], b: set[str]) -> float:
+def overlap(a: frozenset[str], b: frozenset[str]) -> float:
     """Share of `a`'s words found in `b`."""
     return len(a & b) / len(a) if a else 0.0
 
 
-def unit_rows(vectors: Sequence[Sequence[float]]) -> np.ndarray:
+def unit_rows(vectors: Sequence[Any]) -> np.ndarray:
     matrix = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.where(norms == 0, 1, norms)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from services.embeddings.models import PACKAGED, resolve_model
 from .answer import Answerer
 from .bm25 import BM25Encoder
 from .chunking import Chunker
+from .context import CachedEmbeddings
 from .generator import Generator, HttpGenerator
 from .ingest import Ingestor, JobManager
 from .metrics import RagMetrics
@@ -129,11 +131,11 @@ class KnowledgeBase:
     async def list_collections(self) -> list[CollectionInfo]:
         return [c for c in await self.service.store.list_collections() if self.caller.can(c.name)]
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        return await self.service.links.embeddings.embed(texts)
+    async def embed(self, texts: Sequence[str]) -> Sequence[Any]:
+        return await self.service.sentence_embeddings.embed(texts)
 
     def count_tokens(self, text: str) -> int:
-        return self.service.chunker.count_tokens(text)
+        return self.service.count_tokens(text)
 
 
 class RagService:
@@ -143,8 +145,11 @@ class RagService:
         self.ingestor = Ingestor(store, links.embeddings, chunker, self.sparse, settings, metrics)
         self.jobs = JobManager(self.ingestor, settings, metrics)
         self.retriever = Retriever(store, links.embeddings, links.embeddings, self.sparse, self.ingestor)
+        # Sentences of retrieved chunks (context selection, quotes): embedded and counted once each.
+        self.sentence_embeddings = CachedEmbeddings(links.embeddings)
+        self.count_tokens = functools.lru_cache(maxsize=20_000)(chunker.count_tokens)
         self.answerer = Answerer(
-            self.retriever, links.generator, links.embeddings, chunker.count_tokens, settings, metrics
+            self.retriever, links.generator, self.sentence_embeddings, self.count_tokens, settings, metrics
         )
 
     @classmethod

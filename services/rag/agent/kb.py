@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.rag.types import CollectionInfo, DocumentInfo, Hit, StoredChunk
 
@@ -19,8 +19,8 @@ class KnowledgeBase(Protocol):
 
     async def list_collections(self) -> list[CollectionInfo]: ...
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embeddings of `texts` (sentence selection and quotes)."""
+    async def embed(self, texts: Sequence[str]) -> Sequence[Any]:
+        """One embedding per text (sentence selection and quotes)."""
         ...
 
     def count_tokens(self, text: str) -> int:
