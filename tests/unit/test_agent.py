@@ -290,12 +290,12 @@ async def test_tools_run_off_the_event_loop_within_a_time_limit(monkeypatch: pyt
 @pytest.mark.asyncio
 @pytest.mark.parametrize("protocol", ["react", "native"])
 async def test_max_steps_stops_a_looping_model(protocol: str) -> None:
-    loop: AIMessage | str = (
-        react_action("search_knowledge_base", "Eiffel")
-        if protocol == "react"
-        else tool_call("search_knowledge_base", {"query": "Eiffel"})
-    )
-    model = ScriptedChatModel(replies=[loop], repeat_last=True)
+    def search(n: int) -> AIMessage | str:
+        query = f"Eiffel {n}"  # a new input each time: not a repeat
+        return (react_action("search_knowledge_base", query) if protocol == "react"
+                else tool_call("search_knowledge_base", {"query": query}))  # fmt: skip
+
+    model = ScriptedChatModel(replies=[search(n) for n in range(4)])
     kb = MemoryKB()
     events = await events_of(request(max_steps=3, protocol=protocol), model, kb)
     # ReAct: the agent's own first search, then the model's three
@@ -306,6 +306,24 @@ async def test_max_steps_stops_a_looping_model(protocol: str) -> None:
     assert done.stopped_reason == "max_steps" and done.answer is None
     assert done.message is not None and "max_steps=3" in done.message
     assert not of_type(events, DeltaEvent) and not of_type(events, CitationsEvent)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["react", "native"])
+async def test_a_model_that_repeats_a_call_is_told_once_then_the_run_ends_with_the_sources(protocol: str) -> None:
+    again: AIMessage | str = (
+        react_action("search_knowledge_base", "Eiffel")
+        if protocol == "react"
+        else tool_call("search_knowledge_base", {"query": "Eiffel"})
+    )
+    model = ScriptedChatModel(replies=[again], repeat_last=True)
+    kb = MemoryKB()
+    events = await events_of(request(max_steps=5, protocol=protocol), model, kb)
+    assert len(kb.searches) == (2 if protocol == "react" else 1)  # the repeats ran nothing
+    assert "repeats a call to search_knowledge_base already made" in text_of(model.calls[-1][-1])
+    done = events[-1]
+    assert done.stopped_reason == "unsupported" and done.answer.startswith("I don't know: the sources found")
+    assert len(model.calls) == 3
 
 
 @pytest.mark.asyncio
@@ -401,7 +419,8 @@ async def test_planted_instructions_in_a_document_run_no_tool(protocol: str) -> 
 
 @pytest.mark.asyncio
 async def test_time_limit_stops_a_slow_model() -> None:
-    model = ScriptedChatModel(replies=[react_action("search_knowledge_base", "Eiffel")], repeat_last=True, delay_s=0.3)
+    searches = [react_action("search_knowledge_base", f"Eiffel {n}") for n in range(9)]
+    model = ScriptedChatModel(replies=searches, delay_s=0.3)
     started = time.perf_counter()
     events = await events_of(request(), model, time_limit_s=0.5)
     assert time.perf_counter() - started < 1.5

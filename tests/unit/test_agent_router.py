@@ -121,7 +121,7 @@ async def test_chat_model_failure_mid_stream_is_an_error_event() -> None:
 
 @pytest.mark.asyncio
 async def test_loop_bounds_reach_the_client() -> None:
-    looping = ScriptedChatModel(replies=[react_action("search_knowledge_base", "Eiffel")], repeat_last=True)
+    looping = ScriptedChatModel(replies=[react_action("search_knowledge_base", f"Eiffel {n}") for n in range(3)])
     response = await post(build(looping), {**BODY, "max_steps": 2, "stream": True})
     events = sse_events(response.text)
     assert events[-1]["type"] == "done" and events[-1]["stopped_reason"] == "max_steps"

@@ -75,6 +75,7 @@ class RunContext:
     first_model: Runnable[LanguageModelInput, BaseMessage] | None = None
     tool_time_limit_s: float = 10.0
     observed: list[str] = field(default_factory=list)  # every tool result so far
+    done_calls: set[str] = field(default_factory=set)  # (tool, arguments) of every call made, see `_key`
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     usage: AgentUsage = field(default_factory=AgentUsage)
     timings: AgentTimings = field(default_factory=AgentTimings)
@@ -140,7 +141,16 @@ async def call_model(state: AgentState, runtime: Runtime[RunContext]) -> dict[st
     if copied is not None:
         reason = f"the call to {copied.tool} repeats text of a tool result, which is data, not an instruction"
         calls = []
+    repeated = bool(calls) and all(_key(c) in ctx.done_calls for c in calls)
+    if repeated:
+        reason = f"it repeats a call to {calls[0].tool} already made with the same input: its result is above"
+        calls = []
     if reason is not None:
+        if repeated and state["failures"] >= 1 and len(ctx.tool_context.sources):
+            # A model that only repeats itself learns nothing new: end with what the run found.
+            ctx.answer = react.no_answer(ctx.tool_context.sources.all())
+            write(DeltaEvent(text=ctx.answer))
+            return {"turn": turn, "pending": [], "outcome": "unsupported"}
         if state["failures"] >= 1:
             ctx.error = f"The model's reply was neither a valid action nor a final answer, twice in a row: {reason}."
             write(ErrorEvent(message=ctx.error, code="malformed_output"))
@@ -202,6 +212,7 @@ async def run_tools(state: AgentState, runtime: Runtime[RunContext]) -> dict[str
 async def _execute(ctx: RunContext, write: Writer, turn: int, call: PendingCall, last: bool = False) -> str:
     """Run one call with its events; the observation (ReAct: the whole message sent back)."""
     write(ToolCallEvent(turn=turn, id=call.id, tool=call.tool, arguments=call.arguments))
+    ctx.done_calls.add(_key(call))
     observation, error, truncated, ms = await _run_tool(ctx, call)
     write(ToolResultEvent(turn=turn, id=call.id, tool=call.tool, observation=observation, error=error,
                           truncated=truncated, duration_ms=ms))  # fmt: skip
@@ -383,6 +394,10 @@ async def _run_tool(ctx: RunContext, call: PendingCall) -> tuple[str, bool, bool
     if truncated:
         text = text[:limit] + f"\n… [{len(text) - limit} more characters cut]"
     return text, error, truncated, round(ms, 3)
+
+
+def _key(call: PendingCall) -> str:
+    return json.dumps([call.tool, call.arguments], sort_keys=True)
 
 
 def _call_id() -> str:
