@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.errors import Conflict, InferagError, InvalidRequest, NotFound, Overloaded
@@ -20,7 +20,7 @@ from services.embeddings.client import Embedder
 from .bm25 import BM25Encoder
 from .chunking import Chunker, ChunkingParams, parse_chunking
 from .metrics import RagMetrics
-from .parsing import ParsedDocument, parse_upload
+from .parsing import FetchOptions, ParsedDocument, ParseOptions, fetch_documents, parse_upload
 from .protocol import IngestResult, Job, JobError
 from .settings import RagSettings
 from .store import VectorStore
@@ -33,18 +33,28 @@ KEEP_FINISHED_JOBS = 1000
 
 @dataclass
 class Upload:
-    """A file as received, parsed when its turn comes (in a job, a bad file fails alone)."""
+    """A file as received, or a URL to fetch, parsed when its turn comes (in a job, a bad file fails alone).
+
+    Parsing blocks (PDF text, OCR, a fetch): call it in a worker thread. One file may give
+    several documents (a mail and its attachments, JSON records).
+    """
 
     filename: str
     data: bytes
     doc_id: str | None = None
     metadata: dict[str, Any] | None = None
+    options: ParseOptions = field(default_factory=ParseOptions)
+    url: str | None = None
+    fetch: FetchOptions = field(default_factory=FetchOptions)
 
-    def parse(self) -> ParsedDocument:
-        doc = parse_upload(self.filename, self.data)
-        doc.doc_id = self.doc_id
-        doc.metadata = {**doc.metadata, **(self.metadata or {})}
-        return doc
+    def parse(self) -> list[ParsedDocument]:
+        if self.url is not None:
+            docs = fetch_documents(self.url, self.fetch, self.options, self.doc_id, param="documents.url")
+        else:
+            docs = parse_upload(self.filename, self.data, self.options, self.doc_id)
+        for doc in docs:
+            doc.metadata = {**doc.metadata, **(self.metadata or {})}
+        return docs
 
     @property
     def name(self) -> str:
@@ -97,7 +107,7 @@ class Ingestor:
             )
 
     async def prepare(self, doc: ParsedDocument, chunking: dict[str, Any] | None) -> list[Chunk]:
-        chunks = await self.chunker.chunk(doc.text, self.chunking(chunking, doc.format))
+        chunks = doc.annotate(await self.chunker.chunk(doc.text, self.chunking(chunking, doc.format)))
         if not chunks:
             raise InvalidRequest(f"Document '{doc.source or doc.resolved_id()}' has no text.", param="documents")
         return chunks
@@ -184,10 +194,10 @@ class JobManager:
     async def _one(self, job: Job, item: ParsedDocument | Upload, chunking: dict[str, Any] | None) -> None:
         name = item.name if isinstance(item, Upload) else (item.source or item.resolved_id())
         try:
-            doc = await asyncio.to_thread(item.parse) if isinstance(item, Upload) else item
-            info = await self.ingestor.store_document(
-                job.collection, doc, await self.ingestor.prepare(doc, chunking)
-            )
+            docs = await asyncio.to_thread(item.parse) if isinstance(item, Upload) else [item]
+            job.documents_total += len(docs) - 1  # attachments and records are documents of their own
+            prepared = [(doc, await self.ingestor.prepare(doc, chunking)) for doc in docs]
+            infos = [await self.ingestor.store_document(job.collection, doc, chunks) for doc, chunks in prepared]
         except InferagError as exc:
             job.errors.append(JobError(document=name, message=exc.message, code=exc.code))
             job.documents_failed += 1
@@ -198,8 +208,8 @@ class JobManager:
             job.documents_failed += 1
             self.metrics.documents.labels("failed").inc()
         else:
-            job.documents_done += 1
-            job.chunks_done += info.chunks
+            job.documents_done += len(infos)
+            job.chunks_done += sum(info.chunks for info in infos)
 
     def _forget_old(self) -> None:
         finished = [k for k, j in self._jobs.items() if j.finished_at is not None]

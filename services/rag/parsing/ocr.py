@@ -1,0 +1,125 @@
+"""OCR of page images, offline: Tesseract (Debian's `tesseract-ocr`, eng+fra data) or RapidOCR's packaged models.
+
+`auto` takes Tesseract when its binary and languages are installed (it keeps accents, and
+reads French as well as English), else RapidOCR, whose ONNX models ship in its wheel. The
+engine loads once, on first use, in the worker thread that needs it; pages are recognised
+in one bounded pool shared by every request, so a big scan cannot take every core.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol
+
+from services.common.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+
+class OcrEngine(Protocol):
+    name: str
+
+    def read(self, image: Any) -> str:
+        """Text of a PIL image, lines in reading order."""
+        ...
+
+
+class Tesseract:
+    name = "tesseract"
+
+    def __init__(self, languages: str):
+        import pytesseract
+
+        self._ocr = pytesseract
+        pytesseract.get_tesseract_version()  # raises TesseractNotFoundError without the binary
+        missing = set(languages.split("+")) - set(pytesseract.get_languages(config=""))
+        if missing:
+            raise RuntimeError(f"Tesseract has no data for {sorted(missing)} (Debian: tesseract-ocr-<lang>)")
+        self.languages = languages
+
+    def read(self, image: Any) -> str:
+        text: str = self._ocr.image_to_string(image, lang=self.languages)
+        return text
+
+
+class RapidOcr:
+    name = "rapidocr"
+
+    def __init__(self) -> None:
+        from rapidocr_onnxruntime import RapidOCR
+
+        self._engine = RapidOCR()
+
+    def read(self, image: Any) -> str:
+        import numpy as np
+
+        result, _ = self._engine(np.asarray(image.convert("RGB")))
+        return "\n".join(_lines(result or []))
+
+
+def _lines(boxes: list[Any]) -> Iterator[str]:
+    """RapidOCR's text boxes joined into lines: boxes whose vertical middles are close share a line."""
+    items = sorted(((min(p[1] for p in box), max(p[1] for p in box), min(p[0] for p in box), text)
+                    for box, text, _score in boxes), key=lambda b: (b[0] + b[1]) / 2)  # fmt: skip
+    line: list[tuple[float, float, float, str]] = []
+    for item in items:
+        if line and (item[0] + item[1]) / 2 > (line[-1][0] + line[-1][1]) / 2 + (line[-1][1] - line[-1][0]) / 2:
+            yield " ".join(t for *_, t in sorted(line, key=lambda b: b[2]))
+            line = []
+        line.append(item)
+    if line:
+        yield " ".join(t for *_, t in sorted(line, key=lambda b: b[2]))
+
+
+_lock = threading.Lock()
+_engines: dict[tuple[str, str], OcrEngine] = {}
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 1
+
+
+def engine(kind: str = "auto", languages: str = "fra+eng") -> OcrEngine:
+    """The OCR engine, loaded once per process (the first call takes a second or two)."""
+    with _lock:
+        key = (kind, languages)
+        if key not in _engines:
+            _engines[key] = _load(kind, languages)
+            log.info("OCR engine: %s", _engines[key].name)
+        return _engines[key]
+
+
+def _load(kind: str, languages: str) -> OcrEngine:
+    if kind in ("auto", "tesseract"):
+        try:
+            return Tesseract(languages)
+        except Exception as exc:
+            if kind == "tesseract":
+                raise InvalidRequest(f"OCR engine 'tesseract' is not usable here: {exc}", code="ocr_unavailable") \
+                    from exc  # fmt: skip
+            log.info("Tesseract not usable (%s): OCR with RapidOCR", exc)
+    if kind not in ("auto", "rapidocr"):
+        raise InvalidRequest(f"Unknown OCR engine '{kind}' (auto, tesseract, rapidocr).", code="ocr_unavailable")
+    return RapidOcr()
+
+
+def read_all(ocr: OcrEngine, images: Iterable[Any], workers: int = 1) -> Iterator[str]:
+    """Texts of the images in order; images are made (rendered) only as workers free up.
+
+    The pool is made by the first call (its `workers` stay for the process: one setting).
+    """
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None:
+            _pool_size = max(1, workers)
+            _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix="ocr")
+        pool, window = _pool, _pool_size + 1
+    pending: deque[Future[str]] = deque()
+    for image in images:
+        pending.append(pool.submit(ocr.read, image))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
