@@ -212,5 +212,5 @@ def encrypted_office(data: bytes, password: str = "secret") -> bytes:
     import msoffcrypto
 
     source, out = io.BytesIO(data), io.BytesIO()
-    msoffcrypto.format.ooxml.OOXMLFile(source).encrypt(password, out)
+    msoffcrypto.OfficeFile(source).encrypt(password, out)
     return out.getvalue()

@@ -107,7 +107,7 @@ class Ingestor:
             )
 
     async def prepare(self, doc: ParsedDocument, chunking: dict[str, Any] | None) -> list[Chunk]:
-        chunks = doc.annotate(await self.chunker.chunk(doc.text, self.chunking(chunking, doc.format)))
+        chunks = await doc.chunk(self.chunker, self.chunking(chunking, doc.format))
         if not chunks:
             raise InvalidRequest(f"Document '{doc.source or doc.resolved_id()}' has no text.", param="documents")
         return chunks

@@ -17,7 +17,7 @@ from typing import Any
 from services.common.errors import UnsupportedMediaType
 
 from .detect import NAMES, sniff
-from .document import PageSpan, ParsedDocument, ParseOptions, content_id, locked, wrong_kind
+from .document import PageSpan, ParsedDocument, ParseOptions, content_id, corrupt, locked, wrong_kind
 from .ebook import parse_epub
 from .html import html_markdown
 from .mail import parse_eml, parse_msg
@@ -40,6 +40,7 @@ EXTENSIONS = {
 }  # fmt: skip
 _BINARY = {"pdf", "docx", "pptx", "xlsx", "odt", "epub", "msg", "image"}
 _OOXML = {"docx", "pptx", "xlsx"}
+_CONTAINERS = {*_OOXML, "odt", "epub", "msg"}
 
 Parser = Callable[[str, bytes, ParseOptions], list[ParsedDocument]]
 
@@ -108,6 +109,8 @@ def _parse(filename: str, data: bytes, options: ParseOptions) -> list[ParsedDocu
     if kind in _BINARY:
         if found == "encrypted" and kind in _OOXML:
             raise locked(name)
+        if found == "broken" and kind in _CONTAINERS:
+            raise corrupt(name, "the zip or OLE2 container is truncated or damaged")
         if found != kind:
             raise wrong_kind(name, NAMES[kind], NAMES.get(found or "", "text" if data else "empty"))
     elif found is not None:

@@ -25,6 +25,7 @@ NAMES = {
     "ole": "a legacy Office 97-2003 file",
     "encrypted": "a password-protected Office file",
     "image": "an image",
+    "broken": "a damaged zip or OLE2 container",
 }
 
 _OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
@@ -51,7 +52,7 @@ def _zip_kind(data: bytes) -> str:
         names = set(archive.namelist())
         mimetype = archive.read("mimetype")[:100].strip() if "mimetype" in names else b""
     except (zipfile.BadZipFile, OSError, RuntimeError, ValueError, NotImplementedError, EOFError):
-        return "zip"  # unreadable: the parser of the kind its name says reports it as corrupt
+        return "broken"  # a truncated or damaged container: corrupt if the name says zip-based
     if "word/document.xml" in names:
         return "docx"
     if "ppt/presentation.xml" in names:
@@ -72,7 +73,7 @@ def _ole_kind(data: bytes) -> str:
         ole = olefile.OleFileIO(io.BytesIO(data))
         streams = {"/".join(entry) for entry in ole.listdir()}
     except (OSError, ValueError, IndexError, TypeError):
-        return "ole"
+        return "broken"
     if "EncryptedPackage" in streams:
         return "encrypted"
     if any(s.startswith("__substg1.0_") or s.startswith("__properties_version1.0") for s in streams):

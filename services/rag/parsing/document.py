@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.common.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from services.rag.types import Chunk
+
+if TYPE_CHECKING:
+    from services.rag.chunking import Chunker, ChunkingParams
 
 
 @dataclass(frozen=True)
@@ -64,19 +67,20 @@ class ParsedDocument:
         """The given id, or one derived from the content, so the same text is the same document."""
         return self.doc_id or content_id(self.text)
 
-    def annotate(self, chunks: list[Chunk]) -> list[Chunk]:
-        """Chunks with the page they start on (`page`, and `pages` when they span several; `ocr` if OCR'd)."""
+    async def chunk(self, chunker: Chunker, params: ChunkingParams) -> list[Chunk]:
+        """Chunks of the text; a paginated document is cut at page ends too, so each chunk has one page.
+
+        Chunks carry their page (`page`, or `slide`) and `ocr: true` when the page was OCR'd.
+        """
         if not self.pages:
-            return chunks
-        for chunk in chunks:
-            hit = [p for p in self.pages if p.start < chunk.end and chunk.start < p.end]
-            if not hit:
-                continue
-            chunk.metadata[self.page_key] = hit[0].number
-            if len(hit) > 1:
-                chunk.metadata[f"{self.page_key}s"] = [p.number for p in hit]
-            if any(p.ocr for p in hit):
-                chunk.metadata["ocr"] = True
+            return await chunker.chunk(self.text, params)
+        chunks: list[Chunk] = []
+        for page in self.pages:
+            for chunk in await chunker.chunk(self.text[page.start : page.end], params):
+                extra = {self.page_key: page.number, **({"ocr": True} if page.ocr else {})}
+                chunks.append(chunk.model_copy(update={"start": chunk.start + page.start,
+                                                       "end": chunk.end + page.start,
+                                                       "metadata": {**chunk.metadata, **extra}}))  # fmt: skip
         return chunks
 
 
