@@ -35,7 +35,12 @@ app.add_typer(collections_app, name="collections")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-UPLOAD_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".html", ".htm", ".pdf"})
+# The types the server reads (services.rag.parsing.EXTENSIONS; a test keeps the two equal).
+UPLOAD_SUFFIXES = frozenset(
+    {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".xhtml", ".pdf", ".docx", ".pptx", ".xlsx", ".odt",
+     ".epub", ".csv", ".tsv", ".eml", ".msg", ".json", ".jsonl", ".ndjson", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
+     ".webp"}
+)  # fmt: skip
 
 Url = Annotated[str | None, typer.Option("--url", envvar="INFERAG_BASE_URL", help="Base URL of the stack.")]
 ApiKey = Annotated[
@@ -162,7 +167,8 @@ def ingest(
     api_key: ApiKey = None,
     json_out: JsonOut = False,
 ) -> None:
-    """Upload documents (.txt .md .html .pdf) into a collection, one request per file, with a progress bar."""
+    """Upload documents (text, markdown, HTML, PDF, Office, OpenDocument, EPUB, mail, CSV, JSON, images) into a
+    collection, one request per file, with a progress bar."""
     files = expand_paths(paths)
     if not files:
         err.print("[yellow]no files to ingest[/]")

@@ -54,8 +54,16 @@ M = TypeVar("M", bound=BaseModel)
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 300.0
 RETRY_STATUSES = frozenset({429, 503})
-FILE_TYPES = {".txt": "text/plain", ".md": "text/markdown", ".html": "text/html", ".htm": "text/html"}
-FILE_TYPES[".pdf"] = "application/pdf"
+# Content types sent with uploads (the server decides by the bytes; these are for proxies and logs).
+FILE_TYPES = {
+    ".txt": "text/plain", ".md": "text/markdown", ".html": "text/html", ".htm": "text/html", ".pdf": "application/pdf",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ".pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ".odt": "application/vnd.oasis.opendocument.text", ".epub": "application/epub+zip", ".csv": "text/csv",
+    ".eml": "message/rfc822", ".msg": "application/vnd.ms-outlook", ".json": "application/json",
+    ".jsonl": "application/jsonl", ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+}  # fmt: skip
 
 DocumentLike = str | DocumentIn | Mapping[str, Any]
 MessageLike = Message | Mapping[str, str]

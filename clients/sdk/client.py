@@ -115,7 +115,7 @@ class Documents:
         chunking: Mapping[str, Any] | None = None,
         background: bool | None = None,
     ) -> IngestResult | Job:
-        """Upload files (.txt .md .html .pdf) as multipart; `metadata` applies to each of them."""
+        """Upload files of any supported type (README: formats) as multipart; `metadata` applies to each."""
         call = _core.upload(collection, paths, metadata=metadata, chunking=chunking, background=background)
         return self._c._request(call)
 

@@ -229,3 +229,27 @@ def test_a_document_expanding_past_the_text_bound_is_413() -> None:
 def test_content_must_match_the_name(name: str, data: bytes, said: str) -> None:
     with pytest.raises(UnsupportedMediaType, match=said):
         parse_upload(name, data)
+
+
+def test_the_clients_offer_every_type_the_server_reads() -> None:
+    import re
+    from pathlib import Path
+
+    from clients.cli import UPLOAD_SUFFIXES
+    from services.rag.parsing import EXTENSIONS
+
+    assert set(UPLOAD_SUFFIXES) == set(EXTENSIONS)
+    page = (Path(__file__).parents[2] / "services" / "playground" / "index.html").read_text()
+    accept = re.search(r'accept="([^"]+)"', page)
+    assert accept is not None and set(accept.group(1).split(",")) == set(EXTENSIONS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("language", ["en", "fr"])
+def test_ocr_character_error_rate_on_known_pages(language: str) -> None:
+    from tests.ocr_pages import ENGLISH, FRENCH, cer, page_lines
+
+    paragraph = (ENGLISH if language == "en" else FRENCH)[0]
+    [doc] = parse_upload("scan.pdf", make.scanned_pdf([page_lines(paragraph)], size=11))
+    assert doc.metadata["ocr_pages"] == [1]
+    assert cer(paragraph, doc.text) <= 0.05, doc.text
