@@ -214,3 +214,108 @@ def encrypted_office(data: bytes, password: str = "secret") -> bytes:
     source, out = io.BytesIO(data), io.BytesIO()
     msoffcrypto.OfficeFile(source).encrypt(password, out)
     return out.getvalue()
+
+
+def _cfb(streams: dict[str, bytes]) -> bytes:
+    """A Compound File (OLE2, version 3) holding `streams` ("storage/stream" paths), as Outlook writes .msg files.
+
+    No maintained library writes this format (olefile only reads it), so the test fixture does: 512-byte
+    sectors, streams under 4096 bytes in the mini stream, each directory level a right-leaning sibling chain.
+    """
+    import struct
+
+    end, free, fat_mark = 0xFFFFFFFE, 0xFFFFFFFF, 0xFFFFFFFD
+    entries: list[dict[str, Any]] = [{"name": "Root Entry", "type": 5, "kids": [], "data": b""}]
+    index: dict[str, int] = {"": 0}
+    for path, data in streams.items():
+        parent = ""
+        for depth, part in enumerate(path.split("/")):
+            key = f"{parent}/{part}" if parent else part
+            if key not in index:
+                index[key] = len(entries)
+                is_stream = depth == len(path.split("/")) - 1
+                kind, content = (2, data) if is_stream else (1, b"")
+                entries.append({"name": part, "type": kind, "kids": [], "data": content})
+                entries[index[parent]]["kids"].append(index[key])
+            parent = key
+    mini = bytearray()
+    mini_fat: list[int] = []
+    big: list[tuple[int, bytes]] = []
+    for number, entry in enumerate(entries):
+        data = entry["data"]
+        if entry["type"] != 2:
+            continue
+        if len(data) < 4096:
+            entry["start"] = len(mini) // 64 if data else end
+            count = -(-len(data) // 64)
+            mini_fat += [len(mini_fat) + i + 1 for i in range(count - 1)] + ([end] if count else [])
+            mini += data + b"\0" * (count * 64 - len(data))
+        else:
+            big.append((number, data))
+    sectors: list[bytes] = []
+    chains: list[int] = []
+
+    def place(blob: bytes) -> int:
+        count = max(1, -(-len(blob) // 512))
+        first = len(sectors)
+        for i in range(count):
+            sectors.append(blob[i * 512 : (i + 1) * 512].ljust(512, b"\0"))
+            chains.append(first + i + 1 if i < count - 1 else end)
+        return first
+
+    def packed(values: list[int]) -> bytes:
+        return struct.pack(f"<{len(values)}I", *values)
+
+    minifat_start = place(packed(mini_fat + [free] * (-len(mini_fat) % 128))) if mini_fat else end
+    entries[0]["start"], entries[0]["size"] = (place(bytes(mini)) if mini else end), len(mini)
+    for number, data in big:
+        entries[number]["start"] = place(data)
+    for entry in entries:
+        entry.setdefault("size", len(entry["data"]))
+        entry.setdefault("start", end if entry["type"] != 2 else entry.get("start", end))
+        kids = sorted(entry["kids"], key=lambda k: (len(entries[k]["name"]), entries[k]["name"].upper()))
+        entry["child"] = kids[0] if kids else free
+        for a, b in zip(kids, [*kids[1:], free], strict=False):  # no kids: nothing to chain
+            entries[a]["right"] = b
+    directory = bytearray()
+    for entry in entries:
+        name = entry["name"].encode("utf-16-le") + b"\0\0"
+        directory += name.ljust(64, b"\0") + struct.pack("<HBB3I16sI16sIII", len(name), entry["type"], 1, free,
+                                                         entry.get("right", free), entry["child"], b"\0" * 16, 0,
+                                                         b"\0" * 16, entry["start"], entry["size"], 0)  # fmt: skip
+    directory += b"\0" * (-len(directory) % 512)
+    dir_start = place(bytes(directory))
+    n_fat = 1
+    while (len(sectors) + n_fat) > n_fat * 128:
+        n_fat += 1
+    fat_ids = list(range(len(sectors), len(sectors) + n_fat))
+    table = chains + [fat_mark] * n_fat
+    table += [free] * (n_fat * 128 - len(table))
+    for i in range(n_fat):
+        sectors.append(packed(table[i * 128 : (i + 1) * 128]))
+    header = struct.pack("<8s16sHHHHH6sIIIIIIIII", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", b"\0" * 16, 0x3E, 3,
+                         0xFFFE, 9, 6, b"\0" * 6, 0, n_fat, dir_start, 0, 4096, minifat_start,
+                         1 if mini_fat else 0, end, 0)  # fmt: skip
+    header += packed(fat_ids + [free] * (109 - n_fat))
+    return header + b"".join(sectors)
+
+
+def msg_file(subject: str, body: str, attachments: list[tuple[str, bytes]]) -> bytes:
+    """An Outlook .msg: MAPI properties as `__substg1.0_<tag><type>` streams, attachments in their storages."""
+
+    def text(value: str) -> bytes:
+        return value.encode("utf-16-le")
+
+    streams = {
+        "__substg1.0_0037001F": text(subject),
+        "__substg1.0_0C1A001F": text("Bob Durand"),
+        "__substg1.0_0C1F001F": text("bob@example.com"),
+        "__substg1.0_0E04001F": text("team@example.com"),
+        "__substg1.0_1000001F": text(body),
+        "__substg1.0_007D001F": text("Date: Wed, 02 Dec 2026 14:00:00 +0100\r\nMessage-ID: <m2@example.com>\r\n"),
+    }
+    for i, (filename, data) in enumerate(attachments):
+        storage = f"__attach_version1.0_#{i:08X}"
+        streams[f"{storage}/__substg1.0_3707001F"] = text(filename)
+        streams[f"{storage}/__substg1.0_37010102"] = data
+    return _cfb(streams)

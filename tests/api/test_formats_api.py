@@ -48,6 +48,8 @@ FILES: list[tuple[str, bytes, str, str]] = [
      "How long does a refund take?", "Refunds are paid within ten days"),
     ("rates.csv", b"city,tram fare\nGrenoble,1.70\nNantes,1.80\n", "What is the tram fare in Nantes?",
      "Nantes | 1.80"),
+    ("memo.msg", make.msg_file("Parking", "The parking garage closes for repairs on the tenth of March.", []),
+     "When does the parking garage close?", "closes for repairs on the tenth of March"),
     ("scan.pdf", make.scanned_pdf([["Cover page of the lease."],
                                    ["The tenant pays the rent on the fifth day of each month."]]),
      "When does the tenant pay the rent?", "pays the rent on the fifth day"),

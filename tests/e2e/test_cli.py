@@ -93,6 +93,7 @@ def test_ingest_a_folder_of_every_type(base: str, tmp_path: Path) -> None:
         "h.jsonl": make.jsonl_file([{"text": "Record text about pelicans."}]),
         "i.pdf": make.text_pdf([["PDF text about cormorants."]]),
         "j.png": make.page_image(["Image text about puffins."]),
+        "k.msg": make.msg_file("Birds", "Outlook text about gannets.", []),
     }
     (tmp_path / "docs" / "deep").mkdir(parents=True)
     for name, data in files.items():

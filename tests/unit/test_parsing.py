@@ -113,6 +113,22 @@ def test_eml_headers_as_metadata_and_attachments_as_documents() -> None:
     assert attachment.metadata["attachment_of"] == "m1"
 
 
+def test_msg_properties_as_metadata_and_attachments_as_documents() -> None:
+    plan = make.docx_file("Plan", ["The plan doubles the budget."], [["a", "b"]])  # > 4 KiB: a regular stream
+    attachments = [("plan.docx", plan), ("note.txt", b"A short note.")]
+    data = make.msg_file("Budget meeting", "Please read the plan before Friday.", attachments)
+    message, docx, note = parse_upload("memo.msg", data)
+    assert message.text == (
+        "# Budget meeting\nFrom: Bob Durand <bob@example.com>\nTo: team@example.com\n"
+        "Date: 2026-12-02T14:00:00+01:00\n\nPlease read the plan before Friday."
+    )
+    assert message.metadata == {"subject": "Budget meeting", "from": "Bob Durand <bob@example.com>",
+                                "to": "team@example.com", "date": "2026-12-02T14:00:00+01:00",
+                                "message_id": "<m2@example.com>"}  # fmt: skip
+    assert docx.text.startswith("# Plan\n\nThe plan doubles the budget.") and docx.source == "memo.msg/plan.docx"
+    assert note.text == "A short note." and note.metadata["attachment_of"] == message.resolved_id()
+
+
 def test_json_records_a_field_as_text_the_rest_as_metadata() -> None:
     data = make.jsonl_file([{"id": "a1", "body": "First note.", "lang": "en"}, {"body": "Second note.", "n": 2}])
     first, second = parse_upload("notes.jsonl", data)
