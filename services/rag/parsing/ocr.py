@@ -99,7 +99,9 @@ def _load(kind: str, languages: str) -> OcrEngine:
             if kind == "tesseract":
                 raise InvalidRequest(f"OCR engine 'tesseract' is not usable here: {exc}", code="ocr_unavailable") \
                     from exc  # fmt: skip
-            log.info("Tesseract not usable (%s): OCR with RapidOCR", exc)
+            # measured on our known pages (bench/ocr.py): RapidOCR drops lines and accents, Tesseract does not
+            log.warning("Tesseract not usable (%s): OCR falls back to RapidOCR, much less accurate; install "
+                        "tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra", exc)  # fmt: skip
     if kind not in ("auto", "rapidocr"):
         raise InvalidRequest(f"Unknown OCR engine '{kind}' (auto, tesseract, rapidocr).", code="ocr_unavailable")
     return RapidOcr()
