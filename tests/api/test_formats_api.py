@@ -7,6 +7,7 @@ embedded Qdrant). PDF hits carry their page, OCR'd pages say so.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,23 @@ async def test_structure_reaches_the_chunks(stack: httpx.AsyncClient) -> None:
     assert sheet["metadata"]["headings"] == ["Warehouse"]
     [record] = await search(stack, "Are dogs allowed?")
     assert record["doc_id"] == "faq-2" and record["metadata"]["question"] == "Pets?"
+
+
+async def test_ocr_runs_off_the_event_loop(stack: httpx.AsyncClient) -> None:
+    scan = make.scanned_pdf([[f"Scanned page {n} about the lighthouse fuel."] * 12 for n in range(3)])
+    files = [("files", ("slow-scan.pdf", scan, "application/pdf"))]
+    began = time.perf_counter()
+    ingest = asyncio.create_task(stack.post("/rag/collections/ocr-loop/documents", files=files))
+    slowest = 0.0  # the longest round of a health check and a short sleep: the event loop's lag
+    while not ingest.done():
+        started = time.perf_counter()
+        assert (await stack.get("/health")).status_code == 200
+        await asyncio.sleep(0.02)
+        slowest = max(slowest, time.perf_counter() - started)
+    assert (await ingest).status_code == 200
+    total = time.perf_counter() - began
+    # OCR on the loop would stall it for most of the ingestion
+    assert slowest < total / 4, f"the event loop stalled {slowest:.2f} s while a scan was OCR'd in {total:.2f} s"
 
 
 async def test_a_mail_attachment_is_a_document_of_its_own(stack: httpx.AsyncClient) -> None:

@@ -204,6 +204,25 @@ def test_password_protected_office_files(kind: str) -> None:
     assert caught.value.code == "corrupt_file"
 
 
+def test_password_protected_odt_and_drm_epub() -> None:
+    def with_part(data: bytes, name: str, content: bytes) -> bytes:
+        out = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w") as target:
+            for item in source.infolist():
+                target.writestr(item, content if item.filename == name else source.read(item))
+            if name not in source.namelist():
+                target.writestr(name, content)
+        return out.getvalue()
+
+    manifest = b'<manifest:manifest><manifest:file-entry manifest:full-path="content.xml"><manifest:encryption-data/>'
+    odt = with_part(make.odt_file("T", ["x"]), "META-INF/manifest.xml", manifest + b"</manifest:file-entry>")
+    with pytest.raises(InvalidRequest, match="password-protected"):
+        parse_upload("locked.odt", odt)
+    drm = b"<encryption><EncryptedData><CipherReference URI='EPUB/chap1.xhtml'/></EncryptedData></encryption>"
+    with pytest.raises(InvalidRequest, match="password-protected"):
+        parse_upload("drm.epub", with_part(make.epub_file("T", [("C", "x")]), "META-INF/encryption.xml", drm))
+
+
 def test_password_protected_pdf() -> None:
     from pypdf import PdfReader, PdfWriter
 
