@@ -31,9 +31,9 @@ def decode(name: str, data: bytes) -> str:
 
 def parse_text(name: str, data: bytes, options: ParseOptions, kind: str) -> ParsedDocument:
     """.txt / .md as they are; HTML (or a .txt that is HTML) as markdown."""
-    if len(data) > options.max_document_chars * 4:
-        raise too_large(name, "is longer than the text bound", "max_document_chars")
     text = decode(name, data)
+    if len(text) > options.max_document_chars:
+        raise too_large(name, f"is longer than {options.max_document_chars:,} characters", "max_document_chars")
     if kind == "html" or (kind == "text" and _HTML_SNIFF.match(data[:512])):
         markdown, meta = html_markdown(text)
         return ParsedDocument(markdown, "markdown", source=name, metadata=meta)

@@ -91,11 +91,12 @@ def fetch(url: str, options: FetchOptions, param: str = "url") -> tuple[httpx.UR
     with httpx.Client(timeout=options.timeout, follow_redirects=False, trust_env=False) as client:
         for _ in range(options.max_redirects + 1):
             target, ip = check_url(current, options, param)
-            host = f"[{ip}]" if ip.version == 6 else str(ip)
+            # the checked address is the one connected to; the name goes in Host and, for https, SNI (the
+            # certificate is verified against it)
             extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
             headers = {"Host": target.netloc.decode("ascii"), "User-Agent": "inferag-ingest/1.0", "Accept": "*/*"}
             try:
-                with client.stream("GET", target.copy_with(host=host.strip("[]")), headers=headers,
+                with client.stream("GET", target.copy_with(host=str(ip)), headers=headers,
                                    extensions=extensions) as resp:  # fmt: skip
                     if resp.is_redirect and "location" in resp.headers:
                         current = str(target.join(resp.headers["location"]))
