@@ -165,6 +165,18 @@ def test_image_only_pdf_and_images_are_ocrd(chunker: Chunker) -> None:
     assert "note about pears" in text and meta == {"ocr": True}
     with pytest.raises(InvalidRequest, match="OCR is off"):
         parse_upload("scan.pdf", data, ParseOptions(ocr=False))
+    # a typed page then a scanned one: only the second is OCR'd, and with OCR off it is listed as without text
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter()
+    for part in (make.text_pdf([["A typed page with a text layer."]]), make.scanned_pdf([["A scanned receipt."]])):
+        writer.append(PdfReader(io.BytesIO(part)))
+    out = io.BytesIO()
+    writer.write(out)
+    [doc] = parse_upload("mixed.pdf", out.getvalue())
+    assert doc.metadata == {"pages": 2, "ocr_pages": [2]} and [p.ocr for p in doc.pages] == [False, True]
+    [doc] = parse_upload("mixed.pdf", out.getvalue(), ParseOptions(ocr=False))
+    assert doc.text == "A typed page with a text layer." and doc.metadata == {"pages": 2, "pages_without_text": [2]}
 
 
 # ---------------------------------------------------------------- bad input

@@ -73,6 +73,8 @@ def parse_pdf(name: str, data: bytes, options: ParseOptions) -> ParsedDocument:
         meta["title"] = str(title)
     if ocred:
         meta["ocr_pages"] = sorted(i + 1 for i in ocred)
+    if blank := [i + 1 for i in scanned if i not in ocred]:
+        meta["pages_without_text"] = blank  # OCR off, or nothing it could read
     return ParsedDocument(out.text(), "pdf", source=name, metadata=meta, pages=out.pages)
 
 
