@@ -167,6 +167,7 @@ def upload(
     metadata: Mapping[str, Any] | None = None,
     chunking: Mapping[str, Any] | None = None,
     background: bool | None = None,
+    text_field: str | None = None,
 ) -> Call[IngestResult | Job]:
     """Reads the files now (blocking; the async client runs this in a thread)."""
     import json
@@ -184,6 +185,8 @@ def upload(
         data["chunking"] = json.dumps(dict(chunking))
     if background is not None:
         data["background"] = "true" if background else "false"
+    if text_field is not None:
+        data["text_field"] = text_field
     route = f"/rag/collections/{_seg(collection)}/documents"
     return Call("POST", route, _ingested, files=files, data=data, idempotent=False)
 

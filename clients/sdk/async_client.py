@@ -114,11 +114,15 @@ class AsyncDocuments:
         metadata: Mapping[str, Any] | None = None,
         chunking: Mapping[str, Any] | None = None,
         background: bool | None = None,
+        text_field: str | None = None,
     ) -> IngestResult | Job:
+        """Upload files of any supported type (README: formats) as multipart; `metadata` applies to each,
+        `text_field` names the text of JSON records."""
         # Reading the files blocks: off the event loop.
         call = await asyncio.to_thread(
-            _core.upload, collection, paths, metadata=metadata, chunking=chunking, background=background
-        )
+            _core.upload, collection, paths, metadata=metadata, chunking=chunking, background=background,
+            text_field=text_field,
+        )  # fmt: skip
         return await self._c._request(call)
 
     async def list(self, collection: str, *, limit: int | None = None, offset: int | None = None) -> DocumentList:

@@ -114,9 +114,13 @@ class Documents:
         metadata: Mapping[str, Any] | None = None,
         chunking: Mapping[str, Any] | None = None,
         background: bool | None = None,
+        text_field: str | None = None,
     ) -> IngestResult | Job:
-        """Upload files of any supported type (README: formats) as multipart; `metadata` applies to each."""
-        call = _core.upload(collection, paths, metadata=metadata, chunking=chunking, background=background)
+        """Upload files of any supported type (README: formats) as multipart; `metadata` applies to each,
+        `text_field` names the text of JSON records."""
+        call = _core.upload(
+            collection, paths, metadata=metadata, chunking=chunking, background=background, text_field=text_field
+        )
         return self._c._request(call)
 
     def list(self, collection: str, *, limit: int | None = None, offset: int | None = None) -> DocumentList:

@@ -16,6 +16,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from clients.sdk import AsyncInferagClient
+from services.gateway.app import Gateway
 from tests import documents as make
 from tests.rag_stack import rag_stack
 from tests.web_server import web_server
@@ -61,16 +63,19 @@ MAIL = make.eml_file("Audit results", "Hello team, the audit is done and the rep
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(tiny_model_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with rag_stack(tiny_model_dir, fetch_allow_networks=["127.0.0.0/8"], max_expanded_bytes=8 * 1024 * 1024) as (
-        client,
-        _,
-    ):
+async def started(tiny_model_dir: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
+    settings: dict[str, Any] = {"fetch_allow_networks": ["127.0.0.0/8"], "max_expanded_bytes": 8 * 1024 * 1024}
+    async with rag_stack(tiny_model_dir, **settings) as (client, gateway):
         files = [("files", (name, data, "application/octet-stream")) for name, data, *_ in FILES]
         files.append(("files", ("audit.eml", MAIL, "message/rfc822")))
         resp = await client.post("/rag/collections/formats/documents", files=files, data={"background": "false"})
         assert resp.status_code == 200, resp.text
-        yield client
+        yield client, gateway
+
+
+@pytest.fixture
+def stack(started: tuple[httpx.AsyncClient, Gateway]) -> httpx.AsyncClient:
+    return started[0]
 
 
 async def search(c: httpx.AsyncClient, query: str, top_k: int = 1, collection: str = "formats") -> list[Any]:
@@ -201,3 +206,19 @@ async def test_bad_files_fail_the_request_and_store_nothing(
     assert error["code"] == code and f"'{name}'" in error["message"]
     info = await stack.get(f"/rag/collections/{collection}")
     assert info.status_code == 404 or info.json()["points"] == 0
+
+
+async def test_the_sdk_uploads_json_with_a_text_field_and_ingests_urls(
+    started: tuple[httpx.AsyncClient, Gateway], tmp_path: Path
+) -> None:
+    client, gateway = started
+    faq = tmp_path / "faq.json"
+    faq.write_bytes(b'[{"q": "Opening hours?", "answer": "The museum opens at ten on Sundays."}]')
+    sdk = AsyncInferagClient("http://test", transport=httpx.ASGITransport(app=gateway))
+    result = await sdk.documents.upload("sdk-formats", faq, text_field="answer")
+    assert result.documents[0].metadata == {"q": "Opening hours?", "record": 1}  # type: ignore[union-attr]
+    with web_server() as (base, _):
+        fetched = await sdk.documents.ingest("sdk-formats", {"url": f"{base}/page.html"})
+    assert fetched.documents[0].source == f"{base}/page.html"  # type: ignore[union-attr]
+    [hit] = await search(client, "When does the museum open on Sundays?", collection="sdk-formats")
+    assert hit["text"] == "The museum opens at ten on Sundays."
