@@ -71,7 +71,7 @@ class RagSettings(CommonSettings):
 
     # ---- parsing (services/rag/parsing): bounds, OCR, web pages
     max_expanded_bytes: int = Field(
-        256 * 1024 * 1024,
+        128 * 1024 * 1024,
         ge=1024,
         description="Most bytes an uploaded archive (.docx .xlsx .epub...) may unpack to: 413 over (zip bombs).",
     )

@@ -262,6 +262,34 @@ def test_a_document_expanding_past_the_text_bound_is_413() -> None:
         parse_upload("big.xlsx", make.xlsx_file({"S": rows}), ParseOptions(max_document_chars=20_000))
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds no pixels (what an image bomb's header looks like)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [9000, 16000])  # over our bound; over Pillow's own (it raises at open)
+def test_image_bombs_are_413(side: int) -> None:
+    with pytest.raises(PayloadTooLarge, match="MAX_IMAGE_PIXELS"):
+        parse_upload("huge.png", _png_header(side, side))
+
+
+def test_a_huge_page_is_rendered_within_the_pixel_bound() -> None:
+    import pypdfium2 as pdfium
+
+    from services.rag.parsing.pdf import _render
+
+    pdf = pdfium.PdfDocument(make.scanned_pdf([["x"]]))
+    [image] = _render(pdf, [0], ParseOptions(ocr_dpi=600, max_image_pixels=1_000_000))
+    assert image.size[0] * image.size[1] <= 1_000_000
+
+
 @pytest.mark.parametrize(
     ("name", "data", "said"),
     [

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class ParseOptions:
     """Bounds and switches of the parsers (from the RAG settings; the defaults suit tests)."""
 
-    max_expanded_bytes: int = 256 * 1024 * 1024  # what an archive (docx, xlsx, epub...) may unpack to
+    max_expanded_bytes: int = 128 * 1024 * 1024  # what an archive (docx, xlsx, epub...) may unpack to
     max_document_chars: int = 20_000_000  # characters of text one file may produce
     max_document_pages: int = 2000  # PDF pages, slides
     max_records: int = 100_000  # JSON records, mail attachments and nesting count against it too

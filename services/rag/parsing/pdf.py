@@ -115,7 +115,10 @@ def _render(pdf: Any, indexes: list[int], options: ParseOptions) -> Iterator[Any
     for index in indexes:
         page = pdf[index]
         try:
-            yield page.render(scale=options.ocr_dpi / 72, grayscale=True).to_pil()
+            width, height = page.get_size()  # points; a page may declare itself 5 m wide
+            # 0.99: the rendered size is rounded up
+            scale = min(options.ocr_dpi / 72, 0.99 * (options.max_image_pixels / max(1.0, width * height)) ** 0.5)
+            yield page.render(scale=scale, grayscale=True).to_pil()
         finally:
             page.close()
 
@@ -150,6 +153,8 @@ def parse_image(name: str, data: bytes, options: ParseOptions) -> ParsedDocument
 
         ocr = engine(options.ocr_engine, options.ocr_languages)
         texts = list(read_all(ocr, pages(), options.ocr_workers))
+    except Image.DecompressionBombError as exc:  # Pillow's own bound, at twice its default pixel count
+        raise too_large(name, f"is too large an image ({exc})", "max_image_pixels") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise corrupt(name, f"not a readable image ({exc})") from exc
     out = Markdown(name, options)
