@@ -260,6 +260,9 @@ def test_a_document_expanding_past_the_text_bound_is_413() -> None:
     rows = [["k", "v"], *[[f"key{i}", "value " * 5] for i in range(2000)]]
     with pytest.raises(PayloadTooLarge, match="characters"):
         parse_upload("big.xlsx", make.xlsx_file({"S": rows}), ParseOptions(max_document_chars=20_000))
+    pages = [[f"Line {i} of page {p} with some words." for i in range(40)] for p in range(5)]
+    with pytest.raises(PayloadTooLarge, match="MAX_DOCUMENT_CHARS"):
+        parse_upload("long.pdf", make.text_pdf(pages), ParseOptions(max_document_chars=4000))
 
 
 def _png_header(width: int, height: int) -> bytes:

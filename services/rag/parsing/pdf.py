@@ -39,9 +39,14 @@ def parse_pdf(name: str, data: bytes, options: ParseOptions) -> ParsedDocument:
         scanned: list[int] = []
         try:
             with pdfplumber.open(io.BytesIO(data)) as doc:
+                chars = 0
                 for index, page in enumerate(doc.pages):
                     blocks = _page_blocks(page, options)
                     page.close()  # frees the page's parsed objects
+                    chars += sum(len(b) for b in blocks)
+                    if chars > options.max_document_chars:  # a small stream can draw millions of glyphs
+                        raise too_large(name, f"expands past {options.max_document_chars:,} characters of text",
+                                        "max_document_chars")  # fmt: skip
                     if sum(len(b.strip()) for b in blocks) >= MIN_PAGE_CHARS:
                         pages[index] = blocks
                     else:
