@@ -299,7 +299,7 @@ def test_a_huge_page_is_rendered_within_the_pixel_bound() -> None:
         ("notes.txt", make.docx_file("T", ["x"], [["a"]]), "Word document"),
         ("report.docx", make.xlsx_file({"S": [["a"]]}), "Excel workbook"),
         ("report.docx", b"plain words", "text"),
-        ("deck.pptx", zipfile.ZipFile.__name__.encode(), "text"),
+        ("deck.pptx", b"not a zip at all", "text"),
         ("photo.png", b"just text", "text"),
         ("mail.eml", b"no headers at all, just words", "e-mail"),
     ],
