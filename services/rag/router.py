@@ -219,7 +219,7 @@ async def ingest(name: str, request: Request, rag: Rag) -> Response:
         background = size > rag.settings.background_threshold_bytes or len(items) > 16
     if background:
         await rag.ingestor.ensure_collection(name)
-        job = rag.jobs.submit(name, items, chunking)
+        job = await rag.jobs.submit(name, items, chunking)
         return JSONResponse(job.model_dump(mode="json"), status_code=202)
     # parsing (PDF text, OCR, fetching a page) blocks: off the event loop
     docs = [doc for item in items for doc in (await asyncio.to_thread(item.parse) if isinstance(item, Upload)
@@ -280,13 +280,13 @@ async def delete_document(name: str, doc_id: str, request: Request, rag: Rag) ->
 @router.get("/rag/jobs", response_model=JobList, responses=_LIST_ERRORS, tags=["rag"])
 async def list_jobs(request: Request, rag: Rag) -> JobList:
     who = caller(request)
-    return JobList(data=[j for j in rag.jobs.all() if who.can(j.collection)])
+    return JobList(data=[j for j in await rag.jobs.all() if who.can(j.collection)])
 
 
 @router.get("/rag/jobs/{job_id}", response_model=Job, responses=_ERRORS, tags=["rag"])
 async def get_job(job_id: str, request: Request, rag: Rag) -> Job:
     """Progress of a background ingestion: documents and chunks done, errors per file."""
-    job = rag.jobs.get(job_id)
+    job = await rag.jobs.get(job_id)
     caller(request).check(job.collection)
     return job
 

@@ -148,6 +148,9 @@ class RagService:
             path=settings.store_path(),
             shard_number=settings.qdrant_shard_number,
             replication_factor=settings.qdrant_replication_factor,
+            recover_interval_s=settings.store_recover_interval,
+            optimize_idle_s=settings.store_optimize_idle,
+            optimize_min_points=settings.store_optimize_min_points,
         )
         try:
             chunker = await asyncio.to_thread(_chunker, links.embeddings)

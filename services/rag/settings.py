@@ -31,7 +31,18 @@ class RagSettings(CommonSettings):
         None, ge=1, description="Copies of each shard on a Qdrant cluster (server default: 1)."
     )
     qdrant_path: str | None = Field(
-        None, description="Folder of the embedded store (one process at a time); default <data_dir>/qdrant; ':memory:'."
+        None,
+        description="Folder of the embedded store (Qdrant's engine, a shard folder per collection; one process "
+        "at a time); default <data_dir>/qdrant; ':memory:' a temporary one.",
+    )
+    store_recover_interval: float = Field(
+        60, ge=0, description="Seconds between background recoveries of interrupted writes (0: only at start)."
+    )
+    store_optimize_idle: float = Field(
+        10, ge=0, description="Embedded: build a collection's HNSW index once it has had no write for this long."
+    )
+    store_optimize_min_points: int = Field(
+        20_000, ge=0, description="Embedded: ... and has at least this many unindexed points (fewer: brute force)."
     )
     embeddings_url: str | None = Field(
         None, description="Embeddings service URL (e.g. http://embeddings:8001); unset: its models in this process."

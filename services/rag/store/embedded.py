@@ -98,7 +98,7 @@ def _match(match: Any) -> Any:
     if isinstance(match, models.MatchAny):
         return qe.MatchAny(cast(Any, list(match.any)))
     if isinstance(match, models.MatchExcept):
-        return qe.MatchExcept(list(match.except_))
+        return qe.MatchExcept(cast(Any, list(match.except_)))
     raise InvalidRequest(f"Unsupported match in the embedded store: {type(match).__name__}.", param="filter")
 
 
