@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,8 +15,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
 from services.common.auth import ANONYMOUS, Principal
@@ -107,6 +109,41 @@ async def delete_collection(name: str, request: Request, rag: Rag) -> Deleted:
     await rag.store.get_collection(name)
     await rag.store.delete_collection(name)
     return Deleted(id=name, object="collection")
+
+
+_SNAPSHOT_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/gzip": {}}, "description": "The snapshot file."}}
+
+
+@router.post("/rag/collections/{name}/snapshot", response_class=Response,
+             responses={**_SNAPSHOT_RESPONSE, **_ERRORS}, tags=["rag"])
+async def snapshot_collection(name: str, request: Request, rag: Rag) -> Response:
+    """A snapshot of the collection (its chunks, document registry and companions): a tar of Qdrant shard
+    snapshots, for backups and for moving a collection to another machine (`/rag/collections/restore`)."""
+    caller(request).check(name, write=True)
+    target = await rag.snapshot_file(name)
+    return FileResponse(target, media_type="application/gzip", filename=target.name,
+                        background=BackgroundTask(shutil.rmtree, target.parent, ignore_errors=True))
+
+
+@router.post("/rag/collections/restore", response_model=CollectionInfo, responses=_BODY_ERRORS, tags=["rag"],
+             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                 "type": "object", "required": ["file"],
+                 "properties": {"file": {"type": "string", "format": "binary"},
+                                "name": {"type": "string", "description": "Default: the snapshot's collection."}},
+             }}}}})
+async def restore_collection(request: Request, rag: Rag) -> CollectionInfo:
+    """A new collection from a snapshot file (409 if the name is taken)."""
+    who = caller(request)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest("Send the snapshot as a multipart 'file' part.", param="file")
+    form = await request.form(max_files=1)
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequest("Send the snapshot as a multipart 'file' part.", param="file")
+    asked = form.get("name")
+    return await rag.restore_snapshot(upload.file, asked if isinstance(asked, str) and asked else None,
+                                      check=lambda name: who.check(name, write=True))
 
 
 # ---------------------------------------------------------------- documents

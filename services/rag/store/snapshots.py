@@ -1,6 +1,6 @@
 """Snapshot files of a collection, and the migration of a previous version's store folder.
 
-A snapshot is a tar of Qdrant shard snapshots, the engine's own format, one per collection of the
+A snapshot is a gzipped tar of Qdrant shard snapshots, the engine's own format, one per collection of the
 set (the collection, its document registry, its other hidden companions), and a manifest:
 
     inferag-snapshot.json        {"format": 1, "collection": ..., "parts": {"": spec, "_docs__": spec, ...}}
@@ -54,13 +54,27 @@ def write_snapshot(target: Path, collection: str, parts: dict[str, tuple[Collect
     """The snapshot file of `collection` from its parts' shard snapshots (kind -> (spec, shard snapshot))."""
     manifest = {"format": FORMAT, "collection": collection, "created_at": time.time(),
                 "parts": {kind: spec_json(spec) for kind, (spec, _) in parts.items()}}
-    with tarfile.open(target, "w") as tar:
+    # gzip: the engine's files are preallocated (mostly holes and zeros); level 1 keeps it fast
+    with tarfile.open(target, "w:gz", compresslevel=1) as tar:
         data = json.dumps(manifest, indent=1).encode()
         info = tarfile.TarInfo(MANIFEST)
         info.size, info.mtime = len(data), int(time.time())
         tar.addfile(info, io.BytesIO(data))
         for kind, (_, shard) in parts.items():
             tar.add(shard, part_file(kind))
+
+
+def snapshot_collection_name(source: Path) -> str:
+    """The collection a snapshot file holds (read from its manifest only)."""
+    try:
+        with tarfile.open(source) as tar:
+            manifest = json.loads(tar.extractfile(MANIFEST).read())  # type: ignore[union-attr]
+    except (tarfile.TarError, OSError, KeyError, AttributeError, ValueError):
+        raise InvalidRequest("Not an inferag snapshot: it has no manifest.", param="file") from None
+    name = manifest.get("collection") if isinstance(manifest, dict) else None
+    if not isinstance(name, str):
+        raise InvalidRequest("Not an inferag snapshot: its manifest names no collection.", param="file")
+    return name
 
 
 @contextmanager
