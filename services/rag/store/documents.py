@@ -142,11 +142,14 @@ def _versions_filter(versions: Sequence[str]) -> models.Filter:
 
 
 def _entries_at(pairs: Sequence[tuple[str, str]]) -> models.Filter:
-    """Registry entries (point id, version): each matches only while it names that version."""
-    return models.Filter(should=[
-        models.Filter(must=[models.HasIdCondition(has_id=[point_id]), match("version", version)])
-        for point_id, version in pairs
-    ])
+    """Registry entries (point id, version): each matches only while it names that version.
+
+    One id condition and one any-of on `version` (indexed) rather than a clause per entry: versions are
+    unique to their document, so an entry matches exactly when it still names its own version.
+    """
+    return models.Filter(must=[models.HasIdCondition(has_id=[point_id for point_id, _ in pairs]),
+                               models.FieldCondition(key="version",
+                                                     match=models.MatchAny(any=[v for _, v in pairs]))])
 
 
 # -- 1. stage -----------------------------------------------------------------------------------------------

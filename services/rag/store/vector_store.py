@@ -49,7 +49,7 @@ SERVER_WORKERS = 4
 EMBEDDED_WORKERS = 4
 # Payload indexes every chunk collection and registry gets (filters of the document protocol).
 CHUNK_INDEXES = {"doc_id": "keyword", "version": "keyword", "state": "keyword"}
-REGISTRY_INDEXES = {"order": "integer", "published": "bool"}
+REGISTRY_INDEXES = {"order": "integer", "published": "bool", "version": "keyword"}
 
 
 @dataclass(frozen=True)
@@ -676,6 +676,12 @@ class VectorStore:
         return totals
 
     async def _recover(self) -> dict[str, int]:
+        # under the admin lock: a collection being created has its registry before itself, which must not
+        # look like a crashed delete's leftover
+        async with self._locks()[1]:
+            return await self._recover_all()
+
+    async def _recover_all(self) -> dict[str, int]:
         names = await self._run(self.backend.list_collections)
         totals = {"published": 0, "deleted": 0}
         for name in names:
