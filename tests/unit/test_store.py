@@ -487,6 +487,9 @@ async def test_hybrid_finds_what_only_sparse_and_what_only_dense_matches(store: 
                                     fusion=fusion, top_k=2)
         assert {h.doc_id for h in hybrid} == {"rare-token", "dense-twin"}, fusion
         assert hybrid[0].score >= hybrid[1].score and all(h.collection == name for h in hybrid)
+        if fusion == "rrf":  # Qdrant's RRF, 1 / (k + rank) with the server's k = 2, on both backends: rare-token
+            # is first of the sparse list and last (8th) of the dense one, dense-twin first of the dense one only
+            assert {h.doc_id: round(h.score, 4) for h in hybrid} == {"rare-token": 0.6111, "dense-twin": 0.5}
     rare = next(h for h in hybrid if h.doc_id == "rare-token")
     assert rare.text.startswith("The console") and rare.chunk_index == 0
 
@@ -651,6 +654,11 @@ async def test_concurrent_batches_from_two_instances_lose_nothing(opener: Opener
         assert await one.count(name) == chunks
     finally:
         await two.close()
+
+
+def texts_of(i: int, round_: int) -> list[str]:
+    """The chunk texts of version `round_` of document `i` (1 to 3 chunks)."""
+    return [f"document {i} version {round_} part {k}" for k in range(1 + (i + round_) % 3)]
 
 
 def protocol_doc(doc_id: str, texts: list[str]) -> Any:

@@ -50,6 +50,7 @@ from .backend import (
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "inferag.json"
+RRF_K = 2
 LOCK_FILE = ".lock"
 _TMP, _TRASH = ".tmp-", ".trash-"
 _SCHEMAS = {
@@ -387,8 +388,8 @@ class EmbeddedBackend:
         else:
             prefetches = [qe.Prefetch(limit=limit * 4, query=qe.Query.Nearest(_edge_vector(s.vector), using=s.using),
                                       filter=flt) for s in searches]
-            # Qdrant's own RRF constant (k = 60), the server's default
-            method: Any = qe.Fusion.Rrf(k=60) if fusion == "rrf" else qe.Fusion.Dbsf()
+            # RRF with the server's default constant (k = 2), so both backends rank alike
+            method: Any = qe.Fusion.Rrf(k=RRF_K) if fusion == "rrf" else qe.Fusion.Dbsf()
             request = qe.QueryRequest(limit=limit, prefetches=prefetches, query=method, filter=flt,
                                       score_threshold=score_threshold, with_payload=_with_payload(with_payload),
                                       with_vector=False)
