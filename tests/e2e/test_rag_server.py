@@ -127,8 +127,20 @@ def test_agent_streams_a_grounded_trace(stack: str) -> None:
 ZORBLAX = ["The Zorblax 3000 battery lasts 41 hours.", "The Quintor X battery lasts 17 hours."]
 
 
+def default_adapter(stack: str) -> str | None:
+    """The grounded-answering adapter merged into the served default model (issue 14.2), if any."""
+    models = httpx.get(f"{stack}/v1/models", timeout=30).json()["data"]
+    return next((m["details"]["default_adapter"] for m in models if (m.get("details") or {}).get("default_adapter")),
+                None)  # fmt: skip
+
+
 def test_agent_computes_over_retrieved_numbers(stack: str) -> None:
-    """The issue's question: both facts found by the search, the difference by the calculator, both cited."""
+    """The issue's question: both facts found by the search, the difference by the calculator, both cited.
+
+    The plain packaged SmolLM2-135M does not get there (it ends 'unsupported'): this needs the default stack
+    with the packaged grounded adapter merged, and runs whenever `/v1/models` reports one."""
+    if default_adapter(stack) is None:
+        pytest.skip("the served default model has no grounded adapter merged (issue 14.2 not landed)")
     resp = httpx.post(f"{stack}/rag/collections/batteries/documents", timeout=300,
                       json={"documents": [{"id": f"b{i}", "text": t} for i, t in enumerate(ZORBLAX)]})  # fmt: skip
     assert resp.status_code == 200, resp.text

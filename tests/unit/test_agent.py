@@ -242,6 +242,8 @@ async def test_calculator_errors_are_observations() -> None:
             react_action("calculator", "__import__('os').system('echo hi')"),
             react_action("calculator", "1/0"),
             react_action("calculator", "round(1, -100000000)"),
+            react_action("calculator", "(10**300)**1000"),
+            react_action("calculator", "9**9**9"),
             "Final Answer: I cannot compute that.",
         ]
     )
@@ -249,10 +251,12 @@ async def test_calculator_errors_are_observations() -> None:
     events = await events_of(request(tools=["calculator"]), model)
     assert time.perf_counter() - started < 2
     results = of_type(events, ToolResultEvent)
-    assert [r.error for r in results] == [True, True, True]
+    assert [r.error for r in results] == [True] * 5
     assert results[0].observation.startswith("Error: only numbers")
     assert results[1].observation == "Error: division by zero"
     assert "round: the digits" in results[2].observation
+    assert results[3].observation == "Error: result too large"
+    assert results[4].observation == "Error: exponent too large (at most 1000)"
     assert events[-1].stopped_reason == "answer"
 
 
