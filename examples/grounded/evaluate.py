@@ -81,6 +81,7 @@ def run(code: Path, adapter: str, sets: list[str], concurrency: int) -> dict[str
                 report = json.loads(out.stdout)
                 report["seconds"] = round(time.perf_counter() - started, 1)
                 results[folder] = report
+                print(summary(folder, adapter, report), file=sys.stderr, flush=True)  # progress of a long run
             return results
         finally:
             proc.terminate()

@@ -148,3 +148,30 @@ def test_committed_adapter_is_a_small_lora_for_smollm2() -> None:
     assert layers == set(range(30))
     trained = json.loads((GROUNDED / "train_result.json").read_text())
     assert trained["best_val_loss"] < trained["initial_val_loss"]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize("default_adapter", ["grounded-smollm2", "none"])
+async def test_app_merges_the_packaged_adapter_into_the_packaged_model_unless_off(
+    default_adapter: str, tiny_model_dir: Path, adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app's wiring: nothing configured, the packaged default model is served merged with the packaged
+    adapter (a tiny model and a tiny adapter stand in for them); INFERAG_GEN_DEFAULT_ADAPTER=none serves it plain."""
+    import services.generation.app as app_module
+
+    monkeypatch.setattr(app_module, "resolve_model", lambda model, data_dir: str(tiny_model_dir))
+    monkeypatch.setitem(PACKAGED_ADAPTERS, "grounded-smollm2", adapter)
+    monkeypatch.setenv("INFERAG_GEN_DEFAULT_ADAPTER", default_adapter)
+    settings = GenerationSettings(engine="transformers", weights_cache_dir=tmp_path)
+    assert settings.model == PACKAGED_DEFAULT
+    service = await app_module.load_service(settings, CollectorRegistry())
+    try:
+        details = service.models().data[0].details
+        assert details is not None
+        if default_adapter == "none":
+            assert details["adapters"] == [] and details["default_adapter"] is None
+        else:
+            assert details["adapters"] == [{"path": str(adapter), "weight": 1.0}]
+            assert details["default_adapter"] == "grounded-smollm2"
+    finally:
+        await service.engine.stop()
