@@ -238,7 +238,10 @@ class TransformersEngine:
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
             device = torch.device(self.device_name)
-        dtype = _torch_dtype(self.dtype_name, device, self._read_config())
+        config = self._read_config()
+        if config is not None:  # before the weights load (else right after)
+            check_full_attention(config, self._resolve_max_len(config), self.model_path)
+        dtype = _torch_dtype(self.dtype_name, device, config)
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         # from_pretrained + the quantization (int8 / bnb-4bit / bnb-8bit), on `device`, in eval mode
         from services.common.service import MODEL_LOAD_LOCK
@@ -247,6 +250,8 @@ class TransformersEngine:
         with MODEL_LOAD_LOCK:
             model: Any = load_causal_lm(self.model_path, dtype=dtype, device=device, quantization=self.quantization)
 
+        if config is None:
+            check_full_attention(model.config, self._resolve_max_len(model.config), self.model_path)
         config = model.config
         self.info = ModelInfo(
             id=self.model_id,
@@ -838,6 +843,39 @@ _DTYPE_ALIASES = {
     "bfloat16": "bfloat16",
     "bf16": "bfloat16",
 }
+
+
+def check_full_attention(config: Any, max_model_len: int, model_path: str) -> None:
+    """Refuse a model whose attention is not full on every layer within `max_model_len` tokens.
+
+    The batch keeps one full key/value cache per layer and slices it by slot column (trim, merge,
+    drop rows): a sliding-window, chunked or recurrent layer would decode wrong text without an
+    error. A window at least `max_model_len` long never slides, so such a model is served.
+    """
+    from services.generation.weights.errors import WeightsError
+
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    chunk = getattr(text, "attention_chunk_size", None)
+    declared = getattr(text, "layer_types", None)
+    if declared is None:  # transformers infers the layer kinds from these fields the same way
+        kind = "sliding_attention" if window is not None else "chunked_attention" if chunk is not None else None
+        declared = [kind] if kind else []
+    limits = {"sliding_attention": window, "chunked_attention": chunk}
+    unsupported = sorted({
+        kind for kind in declared
+        if kind != "full_attention" and not (limits.get(kind) is not None and int(limits[kind]) >= max_model_len)
+    })  # fmt: skip
+    if not unsupported:
+        return
+    detail = ", ".join(f"{k} ({limits[k]} tokens)" if limits.get(k) else k for k in unsupported)
+    hint = " or set INFERAG_GEN_MAX_MODEL_LEN at most the window" if set(unsupported) <= set(limits) else ""
+    raise WeightsError(
+        f"{model_path} has layers with {detail}; the transformers engine supports full attention only "
+        f"(its cache would decode wrong text within max_model_len={max_model_len}). Serve it with the vLLM "
+        f"engine (INFERAG_GEN_ENGINE=vllm){hint}.",
+        code="unsupported_attention",
+    )
 
 
 def _torch_dtype(name: str, device: Any, config: Any) -> Any:
