@@ -292,3 +292,19 @@ async def test_rag_model_through_the_openai_sdk(stack: httpx.AsyncClient) -> Non
     assert pieces[-1].choices[0].finish_reason in ("stop", "length")
     with pytest.raises(openai.NotFoundError):
         await client.chat.completions.create(model="rag:missing", messages=[{"role": "user", "content": "x"}])
+
+
+@pytest.mark.parametrize(
+    ("model", "status"),
+    [
+        ("rag:../../etc", 404),  # was a pydantic ValidationError inside the route (connection reset on the stack)
+        ("rag:kb,a b", 404),
+        ("rag:" + "x" * 64, 404),
+        ("rag:,,", 404),
+        ("rag:" + ",".join(f"c{i}" for i in range(17)), 400),  # more than 16 collections
+    ],
+)
+async def test_rag_model_names_are_refused_in_the_error_body(stack: httpx.AsyncClient, model: str, status: int) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "What is part ZQX-4471?"}], "max_tokens": 4}
+    error = assert_error(await stack.post("/v1/chat/completions", json=body), status)
+    assert error["param"] == "model" and error["code"] in ("model_not_found", "too_many_collections")

@@ -114,6 +114,21 @@ async def test_read_only_key_cannot_write(secured: tuple[httpx.AsyncClient, Gate
     assert (await client.get("/rag/collections/a/documents/d1", headers=bearer(READER))).status_code == 200
 
 
+async def test_a_foreign_job_looks_missing_to_a_scoped_key(secured: tuple[httpx.AsyncClient, Gateway]) -> None:
+    client, _ = secured
+    body = {"documents": [{"id": "j", "text": "Queued as a job."}], "background": True}
+    resp = await client.post("/rag/collections/b/documents", json=body, headers=bearer(ADMIN))
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
+    assert (await client.get(f"/rag/jobs/{job_id}", headers=bearer(ADMIN))).status_code == 200
+    foreign = await client.get(f"/rag/jobs/{job_id}", headers=bearer(TEAM_A))
+    missing = await client.get("/rag/jobs/job-does-not-exist", headers=bearer(TEAM_A))
+    # the same answer: team-a learns nothing about the jobs of collections outside its scope
+    assert foreign.status_code == missing.status_code == 404, (foreign.text, missing.text)
+    assert foreign.json() == json.loads(missing.text.replace("job-does-not-exist", job_id))
+    assert job_id not in {j["id"] for j in (await client.get("/rag/jobs", headers=bearer(TEAM_A))).json()["data"]}
+
+
 async def test_cors_allows_only_configured_origins(secured: tuple[httpx.AsyncClient, Gateway]) -> None:
     client, _ = secured
     preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
