@@ -145,7 +145,7 @@ def inprocess_links(gen_app: FastAPI, emb_app: FastAPI, settings: RagSettings) -
             timeout=settings.upstream_timeout,
         )
         return Links(
-            embeddings=InProcessEmbeddings(emb_service),
+            embeddings=InProcessEmbeddings(emb_service, retry=settings.upstream_retry()),
             generator=InProcessGenerator(lambda: gen_app.state.generation),
             openai_http=http,
             openai_base_url="http://generation/v1",

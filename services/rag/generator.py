@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import httpx
 
 from services.common.errors import NotReady, UpstreamUnavailable
-from services.common.upstream import call, upstream_error
+from services.common.upstream import NO_RETRY, Retry, call, send, upstream_error
 from services.generation.protocol import ChatCompletionRequest
 from services.generation.serving import GenerationService
 
@@ -81,30 +81,34 @@ class InProcessGenerator:
 
 
 class HttpGenerator:
-    """A generation service over HTTP (its OpenAI-compatible API)."""
+    """A generation service over HTTP (its OpenAI-compatible API).
 
-    def __init__(self, client: httpx.AsyncClient):
-        self.client = client
+    `retry` repeats listings, and chats the service refused (429, 503) before generating anything.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, retry: Retry = NO_RETRY):
+        self.client, self.retry = client, retry
 
     async def models(self) -> list[str]:
-        listing = await call(self.client, "GET", "/v1/models", service="generation")
+        listing = await call(self.client, "GET", "/v1/models", service="generation", retry=self.retry)
         return [m["id"] for m in listing["data"]]
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await call(self.client, "POST", "/v1/chat/completions", {**body, "stream": False}, service="generation")
+        return await call(
+            self.client, "POST", "/v1/chat/completions", {**body, "stream": False},
+            service="generation", retry=self.retry, idempotent=False,
+        )  # fmt: skip
 
     async def chat_stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        resp = await send(
+            self.client, "POST", "/v1/chat/completions", {**body, "stream": True},
+            service="generation", retry=self.retry, idempotent=False,
+        )  # fmt: skip
         try:
-            async with self.client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as resp:
-                if resp.status_code >= 400:
-                    raw = await resp.aread()
-                    try:
-                        parsed: Any = json.loads(raw)
-                    except ValueError:
-                        parsed = raw.decode(errors="replace")
-                    raise upstream_error(resp.status_code, parsed, resp.headers)
-                async for line in resp.aiter_lines():
-                    if (chunk := _chunk(line)) is not None:
-                        yield chunk
+            async for line in resp.aiter_lines():
+                if (chunk := _chunk(line)) is not None:
+                    yield chunk
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(f"The generation service at {self.client.base_url} failed: {exc}") from exc
+        finally:
+            await resp.aclose()

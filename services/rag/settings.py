@@ -8,6 +8,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import CommonSettings
+from services.common.upstream import Retry
 
 
 class RagSettings(CommonSettings):
@@ -42,6 +43,14 @@ class RagSettings(CommonSettings):
     )
     generation_model: str | None = Field(None, description="Served model that answers; default: the first listed.")
     upstream_timeout: float = Field(300, gt=0, description="Seconds a call to an upstream service may take.")
+    upstream_retries: int = Field(
+        3, ge=0, le=10,
+        description="Retries of a call to the embeddings or generation service refused with 429/503 (or not "
+        "reached); generation is retried only when it had not started. Backoff with jitter, Retry-After obeyed.",
+    )  # fmt: skip
+    upstream_retry_max_wait: float = Field(
+        10, gt=0, description="Longest wait before a retry, in seconds; an upstream asking for longer is not retried."
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest request body (uploads): 413 over.")
     background_threshold_bytes: int = Field(
         1024 * 1024, ge=0, description="Ingestion requests larger than this run as a background job (202)."
@@ -69,6 +78,9 @@ class RagSettings(CommonSettings):
 
     def store_path(self) -> str:
         return self.qdrant_path or str(Path(self.data_dir) / "qdrant")
+
+    def upstream_retry(self) -> Retry:
+        return Retry(attempts=self.upstream_retries + 1, max_wait_s=self.upstream_retry_max_wait)
 
     def upstream_key(self) -> str | None:
         key = self.upstream_api_key or self.api_key
