@@ -861,11 +861,9 @@ def check_full_attention(config: Any, max_model_len: int, model_path: str) -> No
     if declared is None:  # transformers infers the layer kinds from these fields the same way
         kind = "sliding_attention" if window is not None else "chunked_attention" if chunk is not None else None
         declared = [kind] if kind else []
-    limits = {"sliding_attention": window, "chunked_attention": chunk}
-    unsupported = sorted({
-        kind for kind in declared
-        if kind != "full_attention" and not (limits.get(kind) is not None and int(limits[kind]) >= max_model_len)
-    })  # fmt: skip
+    # The tokens a layer of each kind sees back; a kind not here sees none of the cache we keep.
+    limits: dict[str, int] = {k: int(v) for k, v in (("sliding_attention", window), ("chunked_attention", chunk)) if v}
+    unsupported = sorted({k for k in declared if k != "full_attention" and limits.get(k, 0) < max_model_len})
     if not unsupported:
         return
     detail = ", ".join(f"{k} ({limits[k]} tokens)" if limits.get(k) else k for k in unsupported)
