@@ -26,7 +26,8 @@ from pydantic import Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.auth import authenticate
-from services.common.errors import NotReady, error_body, install_error_handlers
+from services.common.errors import InferagError, NotReady, error_body, error_response, install_error_handlers
+from services.common.limits import read_body
 from services.common.logging import setup_logging
 from services.common.request_id import RequestIdMiddleware
 from services.common.service import draining, serve
@@ -53,11 +54,6 @@ CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/chat"})
 SHARED_PATHS = frozenset({"/health", "/ready", "/v1/models", "/metrics", "/", "/playground"})
 
 
-# Given as INFERAG_*, these apply to every in-process service (each keeps its own prefixed value otherwise).
-SHARED_SETTINGS = ("api_key", "api_keys", "data_dir", "rate_limit_rps", "rate_limit_burst", "cors_origins",
-                   "log_json", "shutdown_grace_s", "shutdown_drain_s")  # fmt: skip
-
-
 class GatewaySettings(CommonSettings):
     """`INFERAG_HOST`, `INFERAG_PORT`, `INFERAG_API_KEY`, ...; each service reads its own prefix too."""
 
@@ -66,17 +62,10 @@ class GatewaySettings(CommonSettings):
     rag_url: str | None = Field(None, description="Forward /rag/* (and rag: models) there instead of in-process.")
 
 
-async def _replay(receive: Receive) -> tuple[bytes, Receive]:
-    """The whole request body, and a `receive` that gives it again (then the client's own messages)."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    body = b"".join(chunks)
+async def _replay(scope: Scope, receive: Receive, max_bytes: int) -> tuple[bytes, Receive]:
+    """The whole request body (PayloadTooLarge past `max_bytes`, declared or sent, before more is read),
+    and a `receive` that gives it again (then the client's own messages)."""
+    body = await read_body(scope, receive, max_bytes)
     sent = False
 
     async def again() -> Message:
@@ -100,8 +89,9 @@ def _rag_model(body: bytes) -> bool:
 class Gateway:
     """ASGI app that dispatches by path to the front app (shared routes) or a service."""
 
-    def __init__(self, front: FastAPI, services: dict[str, ASGIApp]):
+    def __init__(self, front: FastAPI, services: dict[str, ASGIApp], settings: CommonSettings | None = None):
         self.front, self.services = front, services
+        self.settings = settings or CommonSettings()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -113,7 +103,14 @@ class Gateway:
         elif path.startswith(EMBEDDING_PATHS):
             target = self.services["embeddings"]
         elif path in CHAT_PATHS and scope["method"] == "POST":
-            body, receive = await _replay(receive)
+            # Routing reads the body: the key first, then at most max_body_bytes of it, so a caller
+            # without a key or with an endless body never makes the gateway hold it.
+            try:
+                authenticate(Request(scope), self.settings.api_key, self.settings.api_keys)
+                body, receive = await _replay(scope, receive, self.settings.max_body_bytes)
+            except InferagError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
             if _rag_model(body):
                 target, scope = self.services["rag"], {**scope, "path": "/v1/chat/completions"}
             else:
@@ -242,14 +239,14 @@ def build_gateway(
         authenticate(request, settings.api_key, settings.api_keys)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Gateway(front, services)
+    return Gateway(front, services, settings)
 
 
 
 def main() -> None:
     settings = GatewaySettings()
     setup_logging(settings.log_level, settings.log_json)
-    shared = {k: getattr(settings, k) for k in SHARED_SETTINGS if k in settings.model_fields_set}
+    shared = settings.shared()
     rag = RagSettings(**shared)
     if not settings.rag_url:
         refuse_locked_store(rag)
