@@ -116,9 +116,14 @@ async def test_chat_bodies_are_bounded_before_they_are_held(secured: tuple[httpx
     declared = CountedBody(1024)
     resp = await client.post("/v1/chat", content=declared, headers={**headers, "Content-Length": str(limit + 1)})
     assert resp.status_code == 413 and declared.sent == 0
+    # a route whose body FastAPI parses: its "error parsing the body" 400 was the answer to the limit's 413
+    body = CountedBody(limit + 4 * 1024 * 1024)
+    resp = await client.post("/v1/embeddings", content=body, headers=headers)
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large", resp.text
+    assert body.sent <= limit + len(body.chunk), "read past the limit"
 
 
-def test_common_settings_reach_every_in_process_service() -> None:
+async def test_common_settings_reach_every_in_process_service() -> None:
     from services.gateway.app import GatewaySettings
 
     given = GatewaySettings(max_body_bytes=4096, api_key="k" * 16, port=9000, host="0.0.0.0")

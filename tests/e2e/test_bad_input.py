@@ -38,12 +38,12 @@ CHAT_MODEL = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("bad-input")
+    folder, port = tmp_path_factory.mktemp("bad-input"), free_port()
     env = gateway_env(
-        free_port(), folder / "qdrant", INFERAG_API_KEY=KEY, INFERAG_MAX_BODY_BYTES=str(BODY_LIMIT),
+        port, folder / "qdrant", INFERAG_API_KEY=KEY, INFERAG_MAX_BODY_BYTES=str(BODY_LIMIT),
         INFERAG_GEN_DEFAULT_MAX_TOKENS="16",
     )  # fmt: skip
-    with started("services.gateway.app", env, name="bad-input") as server:
+    with started("services.gateway.app", env, port=port, name="bad-input") as server:
         body = {"documents": [{"id": "d", "text": "Part ZQX-4471 is a sprocket.", "metadata": {"year": 2023}}]}
         resp = httpx.post(server.base + "/rag/collections/kb/documents", json=body, headers=AUTH, timeout=120)
         assert resp.status_code == 200, resp.text
