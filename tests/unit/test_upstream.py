@@ -15,12 +15,17 @@ import pytest
 from services.common.errors import InvalidRequest, Overloaded, UpstreamUnavailable
 from services.common.upstream import Retry, retry_after
 from services.embeddings.client import HttpEmbeddings
+from services.generation.protocol import ChatCompletionRequest
 from services.rag.generator import HttpGenerator
 
 FAST = Retry(attempts=3, backoff_s=0.01, max_wait_s=2)
 MODELS = {"data": [{"id": "emb", "capabilities": ["embeddings"], "dimension": 2, "max_input_tokens": 8}]}
 EMBEDDING = {"data": [{"index": 0, "embedding": "AACAPwAAAEA="}]}  # base64 of float32 [1.0, 2.0]
-CHAT = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]}
+CHAT = {
+    "model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}  # fmt: skip
+ASK = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}])
 
 
 def upstream(answers: list[httpx.Response | type[Exception]]) -> tuple[httpx.AsyncClient, list[httpx.Request]]:
@@ -85,27 +90,27 @@ async def test_no_retry_when_the_upstream_asks_for_longer_or_the_request_is_bad(
 @pytest.mark.asyncio
 async def test_generation_is_retried_only_when_it_had_not_started() -> None:
     client, seen = upstream([error(429, **{"Retry-After": "0"}), httpx.Response(200, json=CHAT)])
-    assert (await HttpGenerator(client, FAST).chat({"messages": []}))["choices"]
+    assert (await HttpGenerator(client, FAST).chat(ASK)).choices
     assert len(seen) == 2
     # sent, then cut: the service may be generating it; not sent again
     client, seen = upstream([httpx.ReadTimeout, httpx.Response(200, json=CHAT)])
     with pytest.raises(UpstreamUnavailable):
-        await HttpGenerator(client, FAST).chat({"messages": []})
+        await HttpGenerator(client, FAST).chat(ASK)
     assert len(seen) == 1
     # never connected: safe to send
     client, seen = upstream([httpx.ConnectError, httpx.Response(200, json=CHAT)])
-    assert (await HttpGenerator(client, FAST).chat({"messages": []}))["choices"]
+    assert (await HttpGenerator(client, FAST).chat(ASK)).choices
     assert len(seen) == 2
 
 
 @pytest.mark.asyncio
 async def test_a_stream_refused_before_its_first_chunk_is_retried() -> None:
-    chunk = {"choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    chunk = {"id": "c", "created": 1, "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
     events = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n"
     stream = httpx.Response(200, text=events, headers={"content-type": "text/event-stream"})
     client, seen = upstream([error(503, **{"Retry-After": "0"}), stream])
-    got = [c async for c in HttpGenerator(client, FAST).chat_stream({"messages": []})]
-    assert got == [chunk] and len(seen) == 2
+    got = [c async for c in HttpGenerator(client, FAST).chat_stream(ASK)]
+    assert [c.model_dump(exclude_defaults=True) for c in got] == [chunk] and len(seen) == 2
 
 
 def test_retry_after_reads_seconds_and_dates() -> None:
