@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from services.common.protocol import ModelCardBase
 
@@ -28,6 +28,11 @@ MAX_LOGPROBS = 20
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+def text_or_items(value: Any) -> str:
+    """Tells `str | list` apart before validating, so that an error names the branch that was meant."""
+    return "text" if isinstance(value, str) else "items"
 
 
 # ---------------------------------------------------------------- requests
@@ -385,7 +390,11 @@ PerplexityText = Annotated[str, Field(min_length=1)]
 
 class PerplexityRequest(_Lenient):
     model: str
-    input: PerplexityText | Annotated[list[PerplexityText], Field(min_length=1, max_length=64)]
+    input: Annotated[
+        Annotated[PerplexityText, Tag("text")]
+        | Annotated[Annotated[list[PerplexityText], Field(min_length=1, max_length=64)], Tag("items")],
+        Discriminator(text_or_items),
+    ]
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = Field(
         None, description="Also return this many likeliest tokens at each position."
     )

@@ -139,7 +139,8 @@ async def _events(
             elif kind == "done":
                 done = data
             elif kind == "error":
-                for event in writer.failed(data["error"], server_side=data["error"].get("type") == "internal_error"):
+                status = {"invalid_request_error": 400, "rate_limit_error": 429}.get(data["error"].get("type"), 500)
+                for event in writer.failed(data["error"], status):
                     yield event
                 return
     except Exception as exc:

@@ -28,8 +28,8 @@ BODY = {"model": TINY, "messages": [{"role": "user", "content": "Hello there"}],
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def thinking_client(tiny_model_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
     app = build_app(tiny_settings(tiny_model_dir, reasoning_parser="deepseek_r1"))
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60)
+    async with app.router.lifespan_context(app), client as c:
         for _ in range(600):
             if (await c.get("/ready")).status_code == 200:
                 break

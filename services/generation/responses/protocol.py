@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from ..protocol import MAX_LOGPROBS, Seed, Stop
+from ..protocol import MAX_LOGPROBS, Seed, Stop, text_or_items
 
 
 def new_id(prefix: str) -> str:
@@ -48,10 +48,12 @@ class ContentPart(_Lenient):
         return self
 
 
-Content = str | list[ContentPart]
+Content = Annotated[
+    Annotated[str, Tag("text")] | Annotated[list[ContentPart], Tag("items")], Discriminator(text_or_items)
+]
 
 
-def content_text(content: Content) -> str:
+def content_text(content: str | list[ContentPart]) -> str:
     return content if isinstance(content, str) else "".join(p.text or "" for p in content)
 
 
@@ -91,6 +93,13 @@ InputItem = Annotated[
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
     | Annotated[ReasoningInputItem, Tag("reasoning")],
     Discriminator(_item_type, custom_error_type="unsupported_item", custom_error_message="unsupported input item type"),
+]
+
+
+Input = Annotated[
+    Annotated[Annotated[str, Field(min_length=1)], Tag("text")]
+    | Annotated[Annotated[list[InputItem], Field(min_length=1)], Tag("items")],
+    Discriminator(text_or_items),
 ]
 
 
@@ -134,7 +143,7 @@ class TextConfig(_Lenient):
 
 class ResponsesRequest(_Lenient):
     model: str
-    input: Annotated[str, Field(min_length=1)] | Annotated[list[InputItem], Field(min_length=1)]
+    input: Input
     instructions: str | None = None
     previous_response_id: str | None = None
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None

@@ -350,16 +350,17 @@ class EventWriter:
     def fail(self, exc: BaseException) -> list[str]:
         """An `error` event, then `response.failed`."""
         status, body, _ = error_for(exc)
-        return self.failed(body["error"], server_side=status >= 500)
+        return self.failed(body["error"], status)
 
-    def failed(self, error: dict[str, Any], *, server_side: bool = True) -> list[str]:
-        """The same from an OpenAI error body's `error` (a stream's error event)."""
-        code = error.get("code") or ("server_error" if server_side else error.get("type") or "invalid_request")
+    def failed(self, error: dict[str, Any], status: int = 500) -> list[str]:
+        """The same from an OpenAI error body's `error` (a stream's error event) and its HTTP status."""
+        # The error event keeps our code; the response's error takes one of OpenAI's.
+        kind = "rate_limit_exceeded" if status == 429 else "server_error" if status >= 500 else "invalid_prompt"
         failed = self._snapshot(
-            status="failed", output=self.items, error=ResponseError(code=code, message=error["message"])
+            status="failed", output=self.items, error=ResponseError(code=kind, message=error["message"])
         )
         return [
-            self.event("error", code=code, message=error["message"], param=error.get("param")),
+            self.event("error", code=error.get("code") or kind, message=error["message"], param=error.get("param")),
             self.event("response.failed", response=failed),
         ]
 
