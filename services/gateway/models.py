@@ -69,9 +69,9 @@ def load_models_file(path: Path) -> dict[str, str]:
         raise ValueError(f"INFERAG_MODELS_FILE {path}: {exc}") from None
     if isinstance(data, dict) and "models" in data:
         data = data["models"]
-    if isinstance(data, list):
-        data = {str(e.get("name")): e.get("url") for e in data if isinstance(e, dict)}
-    if not isinstance(data, dict) or not all(isinstance(v, str) and v for v in data.values()):
+    if isinstance(data, list) and all(isinstance(e, dict) and "name" in e for e in data):
+        data = {str(e["name"]): e.get("url") for e in data}
+    if not isinstance(data, dict) or not data or not all(isinstance(v, str) and v for v in data.values()):
         raise ValueError(f"INFERAG_MODELS_FILE {path}: expected a mapping of model name to URL")
     return {str(k): str(v) for k, v in data.items()}
 
