@@ -95,6 +95,11 @@ async def _serve(model_dir: Path, started: concurrent.futures.Future[dict[str, s
             assert resp.status_code == 200, resp.text
             resp = await client.post("/rag/collections/kb/documents", json={"documents": DOCS})
             assert resp.status_code == 200, resp.text
+            # a stored response, so that half the retrievals and deletions find one
+            body = {"model": "tiny-llama", "input": "Hi", "max_output_tokens": 2}
+            resp = await client.post("/v1/responses", json=body)
+            assert resp.status_code == 200, resp.text
+            REAL_PATH_VALUES["response_id"] = resp.json()["id"]
         servers, tasks, urls = [], [], {}
         for name, app in gateway.services.items():
             sock = socket.create_server(("127.0.0.1", 0))
@@ -152,7 +157,9 @@ SCHEMAS = {
 
 # Random names rarely exist: positive cases use the stack's real models and collection instead (negative
 # ones keep theirs), and half the path parameters name real data.
-REAL_MODELS = {"/v1/embeddings": "all-minilm-l6-v2", "/v1/completions": "tiny-llama", "/v1/chat": "tiny-llama"}
+REAL_MODELS = {"/v1/embeddings": "all-minilm-l6-v2", "/v1/completions": "tiny-llama", "/v1/chat": "tiny-llama",
+               "/v1/responses": "tiny-llama", "/v1/perplexity": "tiny-llama", "/tokenize": "tiny-llama",
+               "/detokenize": "tiny-llama"}  # fmt: skip
 REAL_PATH_VALUES = {"name": "kb", "doc_id": "cats"}
 
 
@@ -167,7 +174,7 @@ for _schema in SCHEMAS.values():
     _schema.hook(flatmap_path_parameters)
 
 
-def _realistic(case: Any) -> None:
+def _realistic(case: Any, service: str) -> None:
     """Positive cases: the stack's real names, and the cross-field rules the schema cannot say.
 
     Generated from the schema alone, nearly every such body breaks a model validator (a 'tool' message
@@ -181,7 +188,7 @@ def _realistic(case: Any) -> None:
         if model is None:
             del body["model"]  # rerank and sparse: the served default
         else:
-            body["model"] = model
+            body["model"] = "rag:kb" if service == "rag" and case.path == "/v1/responses" else model
     if case.path in ("/rag/query", "/rag/agent", "/rag/retrieve"):
         if body.get("collections"):
             body["collections"] = ["kb"]
@@ -212,7 +219,7 @@ def _realistic(case: Any) -> None:
         body["prompt"] = "Once upon a time"
 
 
-MODEL_ROUTES = ("/v1/chat/completions", "/v1/chat", "/v1/completions", "/rag/query", "/rag/agent")
+MODEL_ROUTES = ("/v1/chat/completions", "/v1/chat", "/v1/completions", "/v1/responses", "/rag/query", "/rag/agent")
 
 
 def _bounded(case: Any) -> None:
@@ -223,16 +230,17 @@ def _bounded(case: Any) -> None:
     body = case.body
     if not isinstance(body, dict) or case.path not in MODEL_ROUTES:
         return
-    for key in ("max_tokens", "max_completion_tokens"):
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(key)
-        if (value is None and key == "max_tokens") or (isinstance(value, int) and 8 < value <= 4096):
+        unset_limit = key == ("max_output_tokens" if case.path == "/v1/responses" else "max_tokens")
+        if (value is None and unset_limit) or (isinstance(value, int) and 8 < value <= 4096):
             body[key] = 8
     if isinstance(body.get("max_steps"), int) and body["max_steps"] > 2:
         body["max_steps"] = 2
 
 
-def _check(case: Any, base_url: str) -> None:
-    _realistic(case)
+def _check(case: Any, base_url: str, service: str) -> None:
+    _realistic(case, service)
     _bounded(case)
     resp = case.call_and_validate(base_url=base_url, checks=CHECKS)
     if TRACE:  # one line per case: method, path, status, seconds, generation mode, response head
@@ -247,19 +255,19 @@ def _check(case: Any, base_url: str) -> None:
 @SCHEMAS["generation"].parametrize()
 @FUZZ_SETTINGS
 def test_generation(case: Any, stack: dict[str, str]) -> None:
-    _check(case, stack["generation"])
+    _check(case, stack["generation"], "generation")
 
 
 @SCHEMAS["embeddings"].parametrize()
 @FUZZ_SETTINGS
 def test_embeddings(case: Any, stack: dict[str, str]) -> None:
-    _check(case, stack["embeddings"])
+    _check(case, stack["embeddings"], "embeddings")
 
 
 @SCHEMAS["rag"].parametrize()
 @FUZZ_SETTINGS
 def test_rag(case: Any, stack: dict[str, str]) -> None:
-    _check(case, stack["rag"])
+    _check(case, stack["rag"], "rag")
 
 
 # ---------------------------------------------------------------- what the fuzzing found, pinned
