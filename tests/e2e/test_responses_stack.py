@@ -221,3 +221,22 @@ def test_three_models_routed_by_model(client: openai.OpenAI, gateway: str, tiny_
     assert all(name in err.json()["error"]["message"] for name in (SMOL, LOCAL, REMOTE))
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="nope", input="Hello")
+
+
+def test_cli_perplexity(gateway: str, tmp_path: Path) -> None:
+    from tests.e2e.test_cli import as_json, inferag
+
+    natural = "The cat sat on the mat and looked out of the window at the birds in the garden."
+    lines = [natural, " ".join(reversed(natural.split()))]
+    path = tmp_path / "texts.txt"
+    path.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    report = as_json(inferag(gateway, "perplexity", str(path), "--model", SMOL, "--json"))
+    api = httpx.post(f"{gateway}/v1/perplexity", json={"model": SMOL, "input": lines}, timeout=120).json()["data"]
+    assert [d["perplexity"] for d in report["data"]] == pytest.approx([d["perplexity"] for d in api], rel=1e-6)
+    scored = sum(len(d["tokens"]) - 1 for d in api)
+    assert report["overall"]["tokens"] == scored
+    nll = sum(d["nll"] * (len(d["tokens"]) - 1) for d in api) / scored
+    assert report["overall"]["nll"] == pytest.approx(nll, rel=1e-6)
+    table = inferag(gateway, "perplexity", "-", "--model", SMOL, stdin=natural).stdout
+    assert "overall" in table and f"{api[0]['perplexity']:.2f}" in table
+    assert inferag(gateway, "perplexity", str(tmp_path / "missing.txt"), ok=False).returncode != 0
