@@ -101,6 +101,11 @@ class _Prepared:
     options: list[SamplingOptions]  # one per choice
     tools: list[Any] = field(default_factory=list)
     forced_tool: bool = False
+    # A prompt per choice instead of `prompt_ids` for all (scoring several texts at once).
+    prompts: list[list[int]] | None = None
+
+    def prompt_of(self, choice: int) -> list[int]:
+        return self.prompts[choice] if self.prompts is not None else self.prompt_ids
 
 
 @dataclass
@@ -464,7 +469,7 @@ class GenerationService:
         async def pump(i: int) -> None:
             rid = prep.request_id if n == 1 else f"{prep.request_id}-{i}"
             try:
-                async for out in self.engine.generate(rid, prep.prompt_ids, prep.options[i]):
+                async for out in self.engine.generate(rid, prep.prompt_of(i), prep.options[i]):
                     queue.put_nowait((i, out))
                 queue.put_nowait((i, None))
             except asyncio.CancelledError:
@@ -473,7 +478,7 @@ class GenerationService:
                 queue.put_nowait((i, exc))
 
         tasks = [asyncio.create_task(pump(i)) for i in range(n)]
-        self.metrics.prompt_tokens.inc(len(prep.prompt_ids) * n)
+        self.metrics.prompt_tokens.inc(sum(len(prep.prompt_of(i)) for i in range(n)))
         try:
             done = 0
             while done < n:
@@ -513,34 +518,12 @@ class GenerationService:
                     param="input", code="context_length_exceeded",
                 )  # fmt: skip
         options = SamplingOptions(max_tokens=1, temperature=0.0, prompt_logprobs=top_n)
-        request_id = f"score-{uuid.uuid4().hex}"
-        self._admit(len(prompts))
-        start, outcome = time.perf_counter(), "error"
-
-        async def one(i: int) -> list[TokenLogprob | None]:
-            found: list[TokenLogprob | None] = []
-            async for out in self.engine.generate(f"{request_id}-{i}", prompts[i], options):
-                if out.prompt_logprobs is not None:
-                    found = out.prompt_logprobs
-            return found
-
-        tasks = [asyncio.create_task(one(i)) for i in range(len(prompts))]
-        self.metrics.prompt_tokens.inc(sum(len(p) for p in prompts))
-        try:
-            results = await asyncio.gather(*tasks)
-            outcome = "ok"
-            return list(results)
-        except asyncio.CancelledError:
-            outcome = "aborted"
-            raise
-        finally:
-            for t in tasks:
-                t.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(*tasks, return_exceptions=True)
-            self.inflight -= len(prompts)
-            self.metrics.e2e.observe(time.perf_counter() - start)
-            self.metrics.requests.labels(endpoint, outcome).inc()
+        prep = _Prepared(f"score-{uuid.uuid4().hex}", [], [options] * len(prompts), prompts=prompts)
+        found: list[list[TokenLogprob | None]] = [[] for _ in prompts]
+        async for i, out in self._merged(prep, endpoint):
+            if out.prompt_logprobs is not None:
+                found[i] = out.prompt_logprobs
+        return found
 
     async def _started(self, prep: _Prepared, endpoint: str) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
         """`_merged`, already admitted and past its first chunk.
