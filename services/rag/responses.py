@@ -31,6 +31,7 @@ from services.generation.responses.protocol import (
 )
 from services.generation.responses.router import respond, response_store, store_router
 from services.generation.responses.serving import (
+    Event,
     EventWriter,
     conversation,
     finished,
@@ -120,7 +121,7 @@ async def rag_responses(body: ResponsesRequest, request: Request, rag: Rag) -> R
 
 async def _events(
     req: ResponsesRequest, messages: list[dict[str, Any]], events: AsyncIterator[str], store: ResponseStore
-) -> AsyncIterator[str]:
+) -> AsyncIterator[Event]:
     """The RAG events (retrieval, delta…, citations, done | error) as Responses events."""
     writer = EventWriter(response_for(req, status="in_progress"))
     for event in writer.start():

@@ -8,7 +8,6 @@ tests/api/test_reasoning_api.py.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -129,7 +128,7 @@ async def test_responses_reasoning_item(tiny_model_dir: Path) -> None:
     assert body["output"][1]["content"][0]["text"] == "Paris."
 
     stream = await responses.create(ResponsesRequest.model_validate({**req, "stream": True}))
-    events = [json.loads(e.split("data: ", 1)[1]) async for e in stream]  # type: ignore[union-attr]
+    events = [e async for e in stream]  # type: ignore[union-attr]
     adapter = TypeAdapter(ResponseStreamEvent)
     for event in events:
         adapter.validate_python(event)
@@ -147,7 +146,7 @@ async def test_stream_failure_is_an_error_event_and_nothing_is_stored(tiny_model
     stream = await responses.create(
         ResponsesRequest.model_validate({"model": "scripted", "input": "Hi", "stream": True})
     )
-    events = [json.loads(e.split("data: ", 1)[1]) async for e in stream]  # type: ignore[union-attr]
+    events = [e async for e in stream]  # type: ignore[union-attr]
     assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
     assert events[-2]["code"] == "engine_error" and "fell over" in events[-2]["message"]
     assert events[-1]["response"]["status"] == "failed" and events[-1]["response"]["error"]["code"] == "server_error"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -11,10 +12,10 @@ from fastapi.responses import JSONResponse, Response
 from services.common.http import cancel_on_disconnect
 from services.common.protocol import error_responses, sse_response_doc
 from services.common.service import loaded_service
-from services.common.sse import sse_response
+from services.common.sse import sse_event, sse_response
 
 from .protocol import ResponseDeleted, ResponsesRequest, ResponsesResponse
-from .serving import ResponsesService
+from .serving import Event, ResponsesService
 from .store import ResponseStore
 
 
@@ -42,10 +43,17 @@ _CREATE = {
 _BY_ID = error_responses(401, 404, 429, 503, e404="No stored response with this id.")
 
 
-def respond(result: ResponsesResponse | AsyncIterator[str]) -> Response:
+def respond(result: ResponsesResponse | AsyncIterator[Event]) -> Response:
+    """The response as JSON, or its events as server-sent events (`event: <type>`, `data: <json>`)."""
     if isinstance(result, ResponsesResponse):
         return JSONResponse(result.model_dump(mode="json"))
-    return sse_response(result)
+
+    async def encoded() -> AsyncIterator[str]:
+        async with contextlib.aclosing(result):  # type: ignore[type-var]
+            async for event in result:
+                yield sse_event(event["type"], event)
+
+    return sse_response(encoded())
 
 
 @router.post("/v1/responses", response_model=ResponsesResponse, responses=_CREATE)

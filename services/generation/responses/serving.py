@@ -2,9 +2,9 @@
 
 Every engine gets it, as it only calls the chat serving layer (`chat` for a whole answer,
 `chat_chunks` for the typed chunks of a stream): the same template, tool-call parsing,
-structured output, reasoning split and limits as `/v1/chat/completions`. `EventWriter` writes
-the typed stream events (`response.created` … `response.completed`) and is shared with the
-RAG service's `rag:` models.
+structured output, reasoning split and limits as `/v1/chat/completions`. `EventWriter` makes
+the typed stream events (`response.created` … `response.completed`, as dicts; the router
+encodes them) and is shared with the RAG service's `rag:` models.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any, Protocol, TypeVar
 from pydantic import ValidationError
 
 from services.common.errors import InferagError, InvalidRequest, error_for
-from services.common.sse import sse_event
 
 from ..protocol import (
     ChatCompletionChunk,
@@ -50,6 +49,7 @@ from .protocol import (
 from .store import ResponseStore
 
 T = TypeVar("T")
+Event = dict[str, Any]  # one stream event: its `type`, payload and `sequence_number`
 
 # Chat's names for the fields of a Responses request, in error bodies.
 _PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens",
@@ -253,15 +253,15 @@ class EventWriter:
         self._logprobs: list[OutputLogprob] = []
         self._seq = 0
 
-    def event(self, type_: str, **payload: Any) -> str:
-        data = {**payload, "sequence_number": self._seq}
+    def event(self, type_: str, **payload: Any) -> Event:
+        data = {"type": type_, **payload, "sequence_number": self._seq}
         self._seq += 1
-        return sse_event(type_, data)
+        return data
 
     def _snapshot(self, **update: Any) -> dict[str, Any]:
         return self.response.model_copy(update=update).model_dump(mode="json")
 
-    def start(self) -> list[str]:
+    def start(self) -> list[Event]:
         snapshot = self._snapshot(status="in_progress")
         return [
             self.event("response.created", response=snapshot),
@@ -271,7 +271,7 @@ class EventWriter:
     def _where(self, item: Any) -> dict[str, Any]:
         return {"item_id": item.id, "output_index": len(self.items) - 1}
 
-    def _begin(self, item: OutputMessage | ReasoningOutput) -> list[str]:
+    def _begin(self, item: OutputMessage | ReasoningOutput) -> list[Event]:
         self._open, self._text, self._logprobs = item, [], []
         self.items.append(item)
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []} if isinstance(
@@ -283,14 +283,14 @@ class EventWriter:
             self.event("response.content_part.added", **self._where(item), content_index=0, part=part),
         ]
 
-    def reasoning(self, delta: str) -> list[str]:
+    def reasoning(self, delta: str) -> list[Event]:
         events = [] if isinstance(self._open, ReasoningOutput) else [*self.close(), *self._begin(ReasoningOutput())]
         self._text.append(delta)
         assert self._open is not None
         return [*events, self.event("response.reasoning_text.delta", **self._where(self._open), content_index=0,
                                     delta=delta)]  # fmt: skip
 
-    def text(self, delta: str, logprobs: list[OutputLogprob] | None = None) -> list[str]:
+    def text(self, delta: str, logprobs: list[OutputLogprob] | None = None) -> list[Event]:
         events = [] if isinstance(self._open, OutputMessage) else [*self.close(), *self._begin(OutputMessage())]
         self._text.append(delta)
         self._logprobs += logprobs or []
@@ -299,7 +299,7 @@ class EventWriter:
         return [*events, self.event("response.output_text.delta", **self._where(self._open), content_index=0,
                                     delta=delta, logprobs=payload)]  # fmt: skip
 
-    def function_call(self, call_id: str, name: str, arguments: str) -> list[str]:
+    def function_call(self, call_id: str, name: str, arguments: str) -> list[Event]:
         events = self.close()
         item = FunctionCallOutput(call_id=call_id, name=name, arguments=arguments)
         self.items.append(item)
@@ -313,13 +313,13 @@ class EventWriter:
             self.event("response.output_item.done", output_index=where["output_index"], item=item.model_dump()),
         ]
 
-    def close(self, annotations: list[dict[str, Any]] | None = None) -> list[str]:
+    def close(self, annotations: list[dict[str, Any]] | None = None) -> list[Event]:
         """End the open message or reasoning item (a message gets its `annotations` first)."""
         item, self._open = self._open, None
         if item is None:
             return []
         text, where = "".join(self._text), self._where(item)
-        events: list[str] = []
+        events: list[Event] = []
         if isinstance(item, OutputMessage):
             for n, annotation in enumerate(annotations or []):
                 events.append(self.event("response.output_text.annotation.added", **where, content_index=0,
@@ -338,7 +338,7 @@ class EventWriter:
                                  item=item.model_dump()))  # fmt: skip
         return events
 
-    def finish(self, **fields: Any) -> tuple[ResponsesResponse, list[str]]:
+    def finish(self, **fields: Any) -> tuple[ResponsesResponse, list[Event]]:
         """Close what is open (an answer with no output at all still gets its empty message), then the end."""
         events = self.close()
         if not self.items:
@@ -347,12 +347,12 @@ class EventWriter:
         kind = "response.incomplete" if final.status == "incomplete" else "response.completed"
         return final, [*events, self.event(kind, response=final.model_dump(mode="json"))]
 
-    def fail(self, exc: BaseException) -> list[str]:
+    def fail(self, exc: BaseException) -> list[Event]:
         """An `error` event, then `response.failed`."""
         status, body, _ = error_for(exc)
         return self.failed(body["error"], status)
 
-    def failed(self, error: dict[str, Any], status: int = 500) -> list[str]:
+    def failed(self, error: dict[str, Any], status: int = 500) -> list[Event]:
         """The same from an OpenAI error body's `error` (a stream's error event) and its HTTP status."""
         # The error event keeps our code; the response's error takes one of OpenAI's.
         kind = "rate_limit_exceeded" if status == 429 else "server_error" if status >= 500 else "invalid_prompt"
@@ -374,7 +374,7 @@ class ResponsesService:
     def __init__(self, backend: ChatBackend, store: ResponseStore):
         self.backend, self.store = backend, store
 
-    async def create(self, req: ResponsesRequest) -> ResponsesResponse | AsyncIterator[str]:
+    async def create(self, req: ResponsesRequest) -> ResponsesResponse | AsyncIterator[Event]:
         messages = conversation(req, self.store)
         if req.stream:
             chunks = await renamed(self.backend.chat_chunks(chat_request(req, messages, stream=True)))
@@ -391,7 +391,7 @@ class ResponsesService:
 
     async def _stream(
         self, req: ResponsesRequest, messages: list[dict[str, Any]], chunks: AsyncGenerator[ChatCompletionChunk, None]
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[Event]:
         writer = EventWriter(response_for(req, status="in_progress"))
         for event in writer.start():
             yield event
@@ -404,7 +404,7 @@ class ResponsesService:
                         usage = usage_of(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                     for choice in chunk.choices:
                         delta = choice.delta
-                        events: list[str] = []
+                        events: list[Event] = []
                         if delta.reasoning:
                             events += writer.reasoning(delta.reasoning)
                         if delta.content:
