@@ -9,6 +9,7 @@ Function tools and `text.format` are for the generation models; here they are a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -128,22 +129,23 @@ async def _events(
         yield event
     text, cited, done = "", [], {}
     try:
-        async for raw in events:
-            data = json.loads(raw.split("data: ", 1)[1])
-            kind = data["type"]
-            if kind == "delta" and data["text"]:
-                text += data["text"]
-                for event in writer.text(data["text"]):
-                    yield event
-            elif kind == "citations":
-                cited = [Citation.model_validate(c) for c in data["citations"]]
-            elif kind == "done":
-                done = data
-            elif kind == "error":
-                status = {"invalid_request_error": 400, "rate_limit_error": 429}.get(data["error"].get("type"), 500)
-                for event in writer.failed(data["error"], status):
-                    yield event
-                return
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for raw in events:
+                data = json.loads(raw.split("data: ", 1)[1])
+                kind = data["type"]
+                if kind == "delta" and data["text"]:
+                    text += data["text"]
+                    for event in writer.text(data["text"]):
+                        yield event
+                elif kind == "citations":
+                    cited = [Citation.model_validate(c) for c in data["citations"]]
+                elif kind == "done":
+                    done = data
+                elif kind == "error":
+                    status = {"invalid_request_error": 400, "rate_limit_error": 429}.get(data["error"].get("type"), 500)
+                    for event in writer.failed(data["error"], status):
+                        yield event
+                    return
     except Exception as exc:
         for event in writer.fail(exc):
             yield event
