@@ -128,6 +128,25 @@ def delete_collection(name: str) -> Call[Deleted]:
     return Call("DELETE", f"/rag/collections/{_seg(name)}", _model(Deleted))
 
 
+def snapshot_collection(name: str, target: FileLike) -> Call[Path]:
+    """Writes the snapshot file to `target`."""
+
+    def save(response: httpx.Response) -> Path:
+        path = Path(target)
+        path.write_bytes(response.content)
+        return path
+
+    return Call("POST", f"/rag/collections/{_seg(name)}/snapshot", save)
+
+
+def restore_collection(source: FileLike, name: str | None = None) -> Call[CollectionInfo]:
+    """Reads the file now (blocking; the async client runs this in a thread)."""
+    path = Path(source)
+    files = [("file", (path.name, path.read_bytes(), "application/gzip"))]
+    return Call("POST", "/rag/collections/restore", _model(CollectionInfo), files=files,
+                data={"name": name} if name else None, idempotent=False)
+
+
 def _ingested(response: httpx.Response) -> IngestResult | Job:
     body = response.json()
     if response.status_code == 202 or body.get("object") == "job":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -88,6 +89,14 @@ class Collections:
 
     def delete(self, name: str) -> Deleted:
         return self._c._request(_core.delete_collection(name))
+
+    def snapshot(self, name: str, path: FileLike | None = None) -> Path:
+        """Save a snapshot of the collection to `path` (default `<name>.snapshot.tar.gz` here); returns the path."""
+        return self._c._request(_core.snapshot_collection(name, path or f"{name}.snapshot.tar.gz"))
+
+    def restore(self, path: FileLike, name: str | None = None) -> CollectionInfo:
+        """Restore a snapshot file as a new collection (`name`, default the snapshot's)."""
+        return self._c._request(_core.restore_collection(path, name))
 
 
 class Documents:

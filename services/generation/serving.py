@@ -1,10 +1,11 @@
-"""The serving layer: OpenAI requests in, a response or an async iterator of SSE strings out.
+"""The serving layer: OpenAI requests in, a response or an async iterator of typed chunks out.
 
-`chat_chunks` gives a streamed chat as typed chunks (what the SSE stream encodes), for the
-other APIs built on chat (Responses); `score` gives prompt logprobs (perplexity).
+`chat_chunks` gives a chat's typed chunks whatever `stream` says (the Responses API runs on it);
+`score` gives prompt logprobs (perplexity).
 
 Engine-agnostic: it renders the chat template, validates lengths, fans out `n`,
-parses tool calls and keeps the metrics. The router only turns its results into HTTP.
+parses tool calls and keeps the metrics. Nothing here is SSE: the router encodes the
+chunks for HTTP, and in-process callers (the RAG generator) use the objects as they are.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from services.common.errors import InvalidRequest, ModelNotFound, Overloaded, sse_error
+from services.common.errors import InvalidRequest, ModelNotFound, Overloaded
 from services.common.http import peeked
 from services.common.metrics import LATENCY_BUCKETS
-from services.common.sse import DONE, sse_data
 
 from . import tools as toolfmt
 from .engines.base import Engine, GenerationChunk, SamplingOptions, TokenLogprob
@@ -280,11 +280,12 @@ class GenerationService:
         options = self._options(req, len(ids), req.completion_limit(), logprobs, schema)
         return _Prepared(f"chatcmpl-{uuid.uuid4().hex}", ids, options, tools, forced)
 
-    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
-        prep = self.prepare_chat(req)
+    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[ChatCompletionChunk]:
+        """The response, or with `stream` its chunks (the usage chunk last when asked); admission and
+        request errors raise here, before the first chunk."""
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await self._prime(_encoded(self._chat_stream(req, prep, include_usage)))
+            return await self.chat_chunks(req)
+        prep = self.prepare_chat(req)
         states = await self._run_all(prep, "chat")
         choices = []
         for i, st in enumerate(states):
@@ -316,8 +317,7 @@ class GenerationService:
         )  # fmt: skip
 
     async def chat_chunks(self, req: ChatCompletionRequest) -> AsyncGenerator[ChatCompletionChunk, None]:
-        """A streamed chat as typed chunks, whatever `req.stream` says; refusals (429, 400) raise here,
-        failures after the first chunk raise from the iterator."""
+        """A streamed chat as typed chunks, whatever `req.stream` says (the Responses API's input)."""
         prep = self.prepare_chat(req)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return await peeked(self._chat_stream(req, prep, include_usage))
@@ -333,7 +333,7 @@ class GenerationService:
                 created=created,
                 model=req.model,
                 choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)],
-            )  # fmt: skip
+            )
 
         parser = self.reasoning_parser
         states = [_ChoiceState(reasoner=ReasoningSplitter(parser) if parser else None) for _ in prep.options]
@@ -393,7 +393,7 @@ class GenerationService:
         options = self._options(req, len(ids), req.max_tokens or 16, req.logprobs, None)
         return _Prepared(f"cmpl-{uuid.uuid4().hex}", ids, options)
 
-    async def completions(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
+    async def completions(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[CompletionResponse]:
         prep = self.prepare_completion(req)
         echo = self.tokenizer.decode(prep.prompt_ids) if req.echo else ""
         if req.stream:
@@ -418,7 +418,7 @@ class GenerationService:
 
     async def _completion_stream(
         self, req: CompletionRequest, prep: _Prepared, echo: str, include_usage: bool
-    ) -> AsyncGenerator[str, None]:
+    ) -> AsyncGenerator[CompletionResponse, None]:
         created = int(time.time())
         states = [_ChoiceState() for _ in prep.options]
         sent_echo: set[int] = set()
@@ -433,16 +433,11 @@ class GenerationService:
                     index=i, text=text, finish_reason=out.finish_reason,
                     logprobs=_completion_logprobs(out.logprobs or [], 0) if req.logprobs is not None else None,
                 )  # fmt: skip
-                yield sse_data(
-                    CompletionResponse(id=prep.request_id, created=created, model=req.model, choices=[choice])
-                )
+                yield CompletionResponse(id=prep.request_id, created=created, model=req.model, choices=[choice])
         if include_usage:
-            yield sse_data(
-                CompletionResponse(
-                    id=prep.request_id, created=created, model=req.model, choices=[], usage=_usage(states)
-                )
+            yield CompletionResponse(
+                id=prep.request_id, created=created, model=req.model, choices=[], usage=_usage(states)
             )
-        yield DONE
 
     # ------------------------------------------------------------- engine plumbing
 
@@ -539,21 +534,10 @@ class GenerationService:
             _absorb(states[i], out)
         return states
 
-    async def _prime(self, events: AsyncGenerator[str, None]) -> AsyncIterator[str]:
-        """Pull a stream's first event now, so admission errors become HTTP errors;
-        an error after that (headers sent) becomes an error event, then the end."""
-        started = await peeked(events)
-
-        async def with_error_event() -> AsyncIterator[str]:
-            async with contextlib.aclosing(started):
-                try:
-                    async for event in started:
-                        yield event
-                except Exception as exc:
-                    yield sse_error(exc)
-                    yield DONE
-
-        return with_error_event()
+    async def _prime(self, chunks: AsyncGenerator[T, None]) -> AsyncIterator[T]:
+        """Pull a stream's first chunk now, so admission errors raise before a response starts;
+        a later failure raises from the iterator (the router turns it into an error event)."""
+        return await peeked(chunks)
 
 
 # ------------------------------------------------------------- helpers
@@ -564,14 +548,6 @@ def choice_seed(seed: int | None, index: int) -> int | None:
     if seed is None:
         return None
     return (seed + index - INT64_MIN) % 2**64 + INT64_MIN
-
-
-async def _encoded(chunks: AsyncGenerator[ChatCompletionChunk, None]) -> AsyncGenerator[str, None]:
-    """Typed chunks as SSE strings, `[DONE]` last."""
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            yield sse_data(chunk)
-    yield DONE
 
 
 def _absorb(st: _ChoiceState, out: GenerationChunk) -> None:

@@ -10,9 +10,7 @@ Function tools and `text.format` are for the generation models; here they are a 
 from __future__ import annotations
 
 import contextlib
-import json
-import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -42,19 +40,31 @@ from services.generation.responses.serving import (
 )
 from services.generation.responses.store import ResponseStore
 
-from .protocol import Citation, Message, QueryRequest
+from .citations import MARKER, marker_numbers
+from .protocol import (
+    Citation,
+    CitationsEvent,
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    Message,
+    QueryEvent,
+    QueryRequest,
+    Usage,
+)
 from .router import Rag, caller, rag_targets
 
 router = APIRouter(dependencies=[Depends(require_key)])
-_MARKER = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
+# The status of an error event the answer stream ends with, by its OpenAI error type.
+_ERROR_STATUS = {"invalid_request_error": 400, "rate_limit_error": 429}
 
 
 def citation_annotations(text: str, citations: list[Citation]) -> list[dict[str, Any]]:
     """One `file_citation` per cited source, at the end of the first marker that cites it."""
     where: dict[int, int] = {}
-    for match in _MARKER.finditer(text):
-        for part in match.group(1).split(","):
-            where.setdefault(int(part), match.end())
+    for match in MARKER.finditer(text):
+        for number in marker_numbers(match):
+            where.setdefault(number, match.end())
     return [
         {
             "type": "file_citation",
@@ -121,29 +131,30 @@ async def rag_responses(body: ResponsesRequest, request: Request, rag: Rag) -> R
 
 
 async def _events(
-    req: ResponsesRequest, messages: list[dict[str, Any]], events: AsyncIterator[str], store: ResponseStore
+    req: ResponsesRequest,
+    messages: list[dict[str, Any]],
+    events: AsyncGenerator[QueryEvent, None],
+    store: ResponseStore,
 ) -> AsyncIterator[Event]:
     """The RAG events (retrieval, delta…, citations, done | error) as Responses events."""
     writer = EventWriter(response_for(req, status="in_progress"))
     for event in writer.start():
         yield event
-    text, cited, done = "", [], {}
+    text, cited, done = "", list[Citation](), None
     try:
-        async with contextlib.aclosing(events):  # type: ignore[type-var]
-            async for raw in events:
-                data = json.loads(raw.split("data: ", 1)[1])
-                kind = data["type"]
-                if kind == "delta" and data["text"]:
-                    text += data["text"]
-                    for event in writer.text(data["text"]):
+        async with contextlib.aclosing(events):
+            async for item in events:
+                if isinstance(item, DeltaEvent) and item.text:
+                    text += item.text
+                    for event in writer.text(item.text):
                         yield event
-                elif kind == "citations":
-                    cited = [Citation.model_validate(c) for c in data["citations"]]
-                elif kind == "done":
-                    done = data
-                elif kind == "error":
-                    status = {"invalid_request_error": 400, "rate_limit_error": 429}.get(data["error"].get("type"), 500)
-                    for event in writer.failed(data["error"], status):
+                elif isinstance(item, CitationsEvent):
+                    cited = item.citations
+                elif isinstance(item, DoneEvent):
+                    done = item
+                elif isinstance(item, ErrorEvent):
+                    status = _ERROR_STATUS.get(str(item.error.get("type")), 500)
+                    for event in writer.failed(item.error, status):
                         yield event
                     return
     except Exception as exc:
@@ -152,10 +163,10 @@ async def _events(
         return
     for event in writer.close(citation_annotations(text, cited)):
         yield event
-    usage = done.get("usage") or {}
+    usage = done.usage if done else Usage()
     response, ending = writer.finish(
-        usage=usage_of(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
-        **finished(done.get("finish_reason")),
+        usage=usage_of(usage.prompt_tokens, usage.completion_tokens),
+        **finished(done.finish_reason if done else None),
     )
     remember(store, req, response, messages)
     for event in ending:

@@ -6,16 +6,19 @@ Routes only turn requests into calls on the loaded `RagService` and results into
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
 from services.common.auth import ANONYMOUS, Principal
@@ -23,7 +26,7 @@ from services.common.errors import InvalidRequest, ModelNotFound
 from services.common.http import cancel_on_disconnect
 from services.common.protocol import error_responses, sse_response_doc
 from services.common.service import loaded_service, require_key
-from services.common.sse import DONE, sse_data, sse_response
+from services.common.sse import DONE, sse_data, sse_response, typed_events
 from services.generation.protocol import ChatCompletionRequest
 
 from .ingest import Upload
@@ -32,17 +35,22 @@ from .parsing import ParsedDocument, check_url, fetch_options, html_markdown, ki
 from .protocol import (
     ChunkRequest,
     ChunkResponse,
+    CitationsEvent,
     CollectionCreate,
     CollectionList,
     Deleted,
+    DeltaEvent,
     DocumentDetail,
     DocumentIn,
     DocumentList,
+    DoneEvent,
+    ErrorEvent,
     IngestRequest,
     IngestResult,
     Job,
     JobList,
     Message,
+    QueryEvent,
     QueryRequest,
     QueryResponse,
     RerankRequest,
@@ -107,6 +115,41 @@ async def delete_collection(name: str, request: Request, rag: Rag) -> Deleted:
     await rag.store.get_collection(name)
     await rag.store.delete_collection(name)
     return Deleted(id=name, object="collection")
+
+
+_SNAPSHOT_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/gzip": {}}, "description": "The snapshot file."}}
+
+
+@router.post("/rag/collections/{name}/snapshot", response_class=Response,
+             responses={**_SNAPSHOT_RESPONSE, **_ERRORS}, tags=["rag"])
+async def snapshot_collection(name: str, request: Request, rag: Rag) -> Response:
+    """A snapshot of the collection (its chunks, document registry and companions): a tar of Qdrant shard
+    snapshots, for backups and for moving a collection to another machine (`/rag/collections/restore`)."""
+    caller(request).check(name, write=True)
+    target = await rag.snapshot_file(name)
+    return FileResponse(target, media_type="application/gzip", filename=target.name,
+                        background=BackgroundTask(shutil.rmtree, target.parent, ignore_errors=True))
+
+
+@router.post("/rag/collections/restore", response_model=CollectionInfo, responses=_BODY_ERRORS, tags=["rag"],
+             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                 "type": "object", "required": ["file"],
+                 "properties": {"file": {"type": "string", "format": "binary"},
+                                "name": {"type": "string", "description": "Default: the snapshot's collection."}},
+             }}}}})
+async def restore_collection(request: Request, rag: Rag) -> CollectionInfo:
+    """A new collection from a snapshot file (409 if the name is taken)."""
+    who = caller(request)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest("Send the snapshot as a multipart 'file' part.", param="file")
+    form = await request.form(max_files=1)
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequest("Send the snapshot as a multipart 'file' part.", param="file")
+    asked = form.get("name")
+    return await rag.restore_snapshot(upload.file, asked if isinstance(asked, str) and asked else None,
+                                      check=lambda name: who.check(name, write=True))
 
 
 # ---------------------------------------------------------------- documents
@@ -219,7 +262,7 @@ async def ingest(name: str, request: Request, rag: Rag) -> Response:
         background = size > rag.settings.background_threshold_bytes or len(items) > 16
     if background:
         await rag.ingestor.ensure_collection(name)
-        job = rag.jobs.submit(name, items, chunking)
+        job = await rag.jobs.submit(name, items, chunking)
         return JSONResponse(job.model_dump(mode="json"), status_code=202)
     # parsing (PDF text, OCR, fetching a page) blocks: off the event loop
     docs = [doc for item in items for doc in (await asyncio.to_thread(item.parse) if isinstance(item, Upload)
@@ -280,13 +323,13 @@ async def delete_document(name: str, doc_id: str, request: Request, rag: Rag) ->
 @router.get("/rag/jobs", response_model=JobList, responses=_LIST_ERRORS, tags=["rag"])
 async def list_jobs(request: Request, rag: Rag) -> JobList:
     who = caller(request)
-    return JobList(data=[j for j in rag.jobs.all() if who.can(j.collection)])
+    return JobList(data=[j for j in await rag.jobs.all() if who.can(j.collection)])
 
 
 @router.get("/rag/jobs/{job_id}", response_model=Job, responses=_ERRORS, tags=["rag"])
 async def get_job(job_id: str, request: Request, rag: Rag) -> Job:
     """Progress of a background ingestion: documents and chunks done, errors per file."""
-    job = rag.jobs.get(job_id)
+    job = await rag.jobs.get(job_id)
     caller(request).check(job.collection)
     return job
 
@@ -347,7 +390,7 @@ async def query(body: QueryRequest, request: Request, rag: Rag) -> Response:
     for name in body.targets():
         caller(request).check(name)
     if body.stream:
-        return sse_response(await cancel_on_disconnect(request, rag.answerer.stream(body)))
+        return sse_response(typed_events(await cancel_on_disconnect(request, rag.answerer.stream(body))))
     result = await cancel_on_disconnect(request, rag.answerer.answer(body))
     return JSONResponse(result.model_dump(mode="json"))
 
@@ -385,9 +428,17 @@ async def rag_chat_completions(body: ChatCompletionRequest, request: Request, ra
         answer = await cancel_on_disconnect(request, rag.answerer.answer(req))
         return JSONResponse(
             {
-                "id": cid, "object": "chat.completion", "created": created, "model": body.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer},
-                             "finish_reason": answer.finish_reason or "stop"}],
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": body.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer.answer},
+                        "finish_reason": answer.finish_reason or "stop",
+                    }
+                ],
                 "usage": answer.usage.model_dump(),
                 "sources": [c.model_dump(mode="json") for c in answer.citations],
                 "timings": answer.timings,
@@ -398,7 +449,7 @@ async def rag_chat_completions(body: ChatCompletionRequest, request: Request, ra
 
 
 async def _openai_chunks(
-    events: AsyncIterator[str], cid: str, created: int, model: str, options: Any
+    events: AsyncGenerator[QueryEvent, None], cid: str, created: int, model: str, options: Any
 ) -> AsyncIterator[str]:
     """The RAG events as OpenAI chat chunks; sources ride on the last chunk, which stock clients ignore."""
 
@@ -409,19 +460,19 @@ async def _openai_chunks(
 
     yield chunk({"role": "assistant", "content": ""})
     citations: list[Any] = []
-    async for event in events:
-        data = json.loads(event.split("data: ", 1)[1])
-        if data["type"] == "delta":
-            yield chunk({"content": data["text"]})
-        elif data["type"] == "citations":
-            citations = data["citations"]
-        elif data["type"] == "error":
-            yield sse_data({"error": data["error"]})
-        elif data["type"] == "done":
-            yield chunk({}, data.get("finish_reason") or "stop", sources=citations, timings=data["timings"])
-            if options is not None and getattr(options, "include_usage", False):
-                yield sse_data({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                "choices": [], "usage": data["usage"]})  # fmt: skip
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, DeltaEvent):
+                yield chunk({"content": event.text})
+            elif isinstance(event, CitationsEvent):
+                citations = [c.model_dump(mode="json") for c in event.citations]
+            elif isinstance(event, ErrorEvent):
+                yield sse_data({"error": event.error})
+            elif isinstance(event, DoneEvent):
+                yield chunk({}, event.finish_reason or "stop", sources=citations, timings=event.timings)
+                if options is not None and getattr(options, "include_usage", False):
+                    yield sse_data({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                    "model": model, "choices": [], "usage": event.usage.model_dump()})  # fmt: skip
     yield DONE
 
 
@@ -438,4 +489,3 @@ async def models(request: Request, rag: Rag) -> dict[str, Any]:
     who = caller(request)
     mine = [c for c in await rag.store.list_collections() if who.can(c.name)]
     return {"object": "list", "data": rag_model_cards(mine)}
-

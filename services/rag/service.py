@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -25,12 +29,14 @@ from services.embeddings.models import PACKAGED, resolve_model
 from .answer import Answerer
 from .bm25 import BM25Encoder
 from .chunking import Chunker
+from .context import CachedEmbeddings
 from .generator import Generator, HttpGenerator
 from .ingest import Ingestor, JobManager
 from .metrics import RagMetrics
 from .retrieval import Retriever
 from .settings import RagSettings
 from .store import VectorStore, open_store
+from .store.snapshots import snapshot_collection_name
 from .types import CollectionInfo, DocumentInfo, Hit, StoredChunk
 
 log = logging.getLogger(__name__)
@@ -129,6 +135,12 @@ class KnowledgeBase:
     async def list_collections(self) -> list[CollectionInfo]:
         return [c for c in await self.service.store.list_collections() if self.caller.can(c.name)]
 
+    async def embed(self, texts: Sequence[str]) -> Sequence[Any]:
+        return await self.service.sentence_embeddings.embed(texts)
+
+    def count_tokens(self, text: str) -> int:
+        return self.service.count_tokens(text)
+
 
 class RagService:
     def __init__(self, settings: RagSettings, store: VectorStore, links: Links, chunker: Chunker, metrics: RagMetrics):
@@ -137,7 +149,12 @@ class RagService:
         self.ingestor = Ingestor(store, links.embeddings, chunker, self.sparse, settings, metrics)
         self.jobs = JobManager(self.ingestor, settings, metrics)
         self.retriever = Retriever(store, links.embeddings, links.embeddings, self.sparse, self.ingestor)
-        self.answerer = Answerer(self.retriever, links.generator, settings, metrics)
+        # Sentences of retrieved chunks (context selection, quotes): embedded and counted once each.
+        self.sentence_embeddings = CachedEmbeddings(links.embeddings)
+        self.count_tokens = functools.lru_cache(maxsize=20_000)(chunker.count_tokens)
+        self.answerer = Answerer(
+            self.retriever, links.generator, self.sentence_embeddings, self.count_tokens, settings, metrics
+        )
 
     @classmethod
     async def load(cls, settings: RagSettings, metrics: RagMetrics, links: Links) -> RagService:
@@ -148,6 +165,9 @@ class RagService:
             path=settings.store_path(),
             shard_number=settings.qdrant_shard_number,
             replication_factor=settings.qdrant_replication_factor,
+            recover_interval_s=settings.store_recover_interval,
+            optimize_idle_s=settings.store_optimize_idle,
+            optimize_min_points=settings.store_optimize_min_points,
         )
         try:
             chunker = await asyncio.to_thread(_chunker, links.embeddings)
@@ -155,6 +175,34 @@ class RagService:
             await store.close()
             raise
         return cls(settings, store, links, chunker, metrics)
+
+    def _scratch(self, prefix: str) -> Path:
+        """A fresh folder for snapshot files and uploads, under the data folder (the store's disk)."""
+        root = Path(self.settings.data_dir) / "snapshots"
+        root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+
+    async def snapshot_file(self, collection: str) -> Path:
+        """A snapshot file of `collection` in a folder of its own (the caller removes the folder)."""
+        folder = await asyncio.to_thread(self._scratch, "snapshot-")
+        try:
+            return await self.store.snapshot(collection, folder / f"{collection}.snapshot.tar.gz")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    async def restore_snapshot(self, upload: BinaryIO, name: str | None,
+                               check: Callable[[str], None]) -> CollectionInfo:
+        """A new collection from an uploaded snapshot file; `check(name)` may refuse the name first."""
+        folder = await asyncio.to_thread(self._scratch, "restore-")
+        try:
+            source = folder / "upload.snapshot.tar.gz"
+            await asyncio.to_thread(_spool, upload, source)
+            target: str = name if name else await asyncio.to_thread(snapshot_collection_name, source)
+            check(target)
+            return await self.store.restore(source, target)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def chat_model(self, model: str, **kwargs: Any) -> Any:
         """LangChain's ChatOpenAI on the generation service (in-process or remote), for the agent."""
@@ -177,6 +225,11 @@ class RagService:
         await self.jobs.close()
         await self.store.close()
         await self.links.aclose()
+
+
+def _spool(upload: BinaryIO, target: Path) -> None:
+    with open(target, "wb") as out:
+        shutil.copyfileobj(upload, out, 1 << 20)
 
 
 def _chunker(embeddings: Embeddings) -> Chunker:

@@ -11,6 +11,8 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import CommonSettings
 
+from .types import ContextMode
+
 
 class RagSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="INFERAG_RAG_", env_file=".env", extra="ignore")
@@ -31,7 +33,18 @@ class RagSettings(CommonSettings):
         None, ge=1, description="Copies of each shard on a Qdrant cluster (server default: 1)."
     )
     qdrant_path: str | None = Field(
-        None, description="Folder of the embedded store (one process at a time); default <data_dir>/qdrant; ':memory:'."
+        None,
+        description="Folder of the embedded store (Qdrant's engine, a shard folder per collection; one process "
+        "at a time); default <data_dir>/qdrant; ':memory:' a temporary one.",
+    )
+    store_recover_interval: float = Field(
+        60, ge=0, description="Seconds between background recoveries of interrupted writes (0: only at start)."
+    )
+    store_optimize_idle: float = Field(
+        10, ge=0, description="Embedded: build a collection's HNSW index once it has had no write for this long."
+    )
+    store_optimize_min_points: int = Field(
+        20_000, ge=0, description="Embedded: ... and has at least this many unindexed points (fewer: brute force)."
     )
     embeddings_url: str | None = Field(
         None, description="Embeddings service URL (e.g. http://embeddings:8001); unset: its models in this process."
@@ -53,8 +66,16 @@ class RagSettings(CommonSettings):
     chunk_strategy: str = Field("recursive", description="Default chunking strategy (markdown documents: markdown).")
     chunk_size: int = Field(200, ge=16, description="Default chunk size in embedding-model tokens.")
     chunk_overlap: int = Field(30, ge=0, description="Default overlap in tokens (overlap and recursive strategies).")
-    context_chars: int = Field(
-        4000, ge=200, description="Most characters of sources put in an answer's prompt (fits small context windows)."
+    context_mode: ContextMode = Field(
+        "sentences",
+        description="What an answer's prompt shows of each source: `sentences` (the sentences closest to the "
+        "question, with their neighbours, in document order) or `chunks` (whole chunks, best first).",
+    )
+    context_tokens: int = Field(
+        300, ge=32, description="Token budget of the sources in an answer's prompt (embedding-model tokens)."
+    )
+    answer_max_tokens: int = Field(
+        256, ge=1, description="Longest answer of /rag/query and rag: chat when the request gives no max_tokens."
     )
     min_score: float | None = Field(
         None,
@@ -72,6 +93,9 @@ class RagSettings(CommonSettings):
         1000, ge=0, description="`rag:` responses kept for `previous_response_id` and GET /v1/responses/{id}."
     )
     responses_store_mib: float = Field(64, gt=0, description="Most memory (MiB of JSON) those responses may take.")
+    agent_tool_time_limit: float = Field(
+        10, gt=0, description="Seconds one agent tool call may take (it then answers with an error observation)."
+    )
 
     # ---- parsing (services/rag/parsing): bounds, OCR, web pages
     max_expanded_bytes: int = Field(

@@ -59,7 +59,9 @@ _PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "max_completi
 class ChatBackend(Protocol):
     """What the Responses API needs of a generation service (GenerationService has both)."""
 
-    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]: ...
+    async def chat(
+        self, req: ChatCompletionRequest
+    ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionChunk]: ...
 
     async def chat_chunks(self, req: ChatCompletionRequest) -> AsyncGenerator[ChatCompletionChunk, None]: ...
 
