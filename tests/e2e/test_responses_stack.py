@@ -153,6 +153,10 @@ def test_rag_model_sources_as_annotations(client: openai.OpenAI) -> None:
     cited = [n.model_dump() for n in notes]
     assert all(n["type"] == "file_citation" and n["collection"] == "docs" for n in cited)
     assert all(0 <= n["index"] <= len(r.output_text) and n["filename"] for n in cited)
+    # each cited source carries the sentence of it that supports the answer (a span of its text)
+    for n in cited:
+        quote, at = n["quote"], n["start"]
+        assert quote["text"] and n["text"][quote["start"] - at : quote["end"] - at] == quote["text"], n
     if cited:  # a source's numbered marker is in the text, and its annotation sits right after it
         assert r.output_text[: cited[0]["index"]].endswith("]")
     streamed = client.responses.create(model="rag:docs", input=question, temperature=0, max_output_tokens=48,

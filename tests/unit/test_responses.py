@@ -9,7 +9,7 @@ import pytest
 from services.generation.responses.protocol import OutputMessage, OutputText, ResponsesRequest, ResponsesResponse
 from services.generation.responses.serving import FunctionCallOutput, input_messages, output_messages
 from services.generation.responses.store import ResponseNotFound, ResponseStore
-from services.rag.protocol import Citation
+from services.rag.protocol import Citation, Quote
 from services.rag.responses import citation_annotations
 
 
@@ -84,7 +84,8 @@ def test_output_as_the_assistant_turn() -> None:
 def test_citation_annotations_sit_after_their_first_marker() -> None:
     def cite(number: int) -> Citation:
         return Citation(number=number, id=f"chunk{number}", collection="kb", doc_id=f"doc{number}",
-                        source=f"doc{number}.md", text="t", start=0, end=1, score=0.5)  # fmt: skip
+                        source=f"doc{number}.md", text="a t", start=0, end=3, score=0.5,
+                        quote=Quote(text="t", start=2, end=3))  # fmt: skip
 
     text = "Paris is the capital [2]. It has the Eiffel Tower [1, 2]."
     notes = citation_annotations(text, [cite(1), cite(2)])
@@ -93,3 +94,4 @@ def test_citation_annotations_sit_after_their_first_marker() -> None:
         ("doc2", "doc2.md", text.index("[2]") + 3),
     ]
     assert notes[0]["type"] == "file_citation" and notes[0]["collection"] == "kb" and notes[0]["number"] == 1
+    assert notes[0]["quote"] == {"text": "t", "start": 2, "end": 3}  # the quoted span the answer found
