@@ -19,6 +19,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
+from services.generation.protocol import PerplexityRequest, PerplexityResponse
 from services.rag.agent.protocol import AgentRequest, AgentResponse
 from services.rag.protocol import (
     ChunkRequest,
@@ -314,6 +315,16 @@ def agent(
     values = {**_question(query, messages, collection, collections), **options, "stream": stream}
     request = AgentRequest.model_validate(values)
     return Call("POST", "/rag/agent", _model(AgentResponse), json=_body(request), idempotent=False)
+
+
+def perplexity(
+    texts: str | Sequence[str], *, model: str, top_logprobs: int | None = None
+) -> Call[PerplexityResponse]:
+    values: dict[str, Any] = {"model": model, "input": texts if isinstance(texts, str) else list(texts)}
+    if top_logprobs is not None:
+        values["top_logprobs"] = top_logprobs
+    request = PerplexityRequest.model_validate(values)
+    return Call("POST", "/v1/perplexity", _model(PerplexityResponse), json=_body(request))
 
 
 def models() -> Call[ModelList]:

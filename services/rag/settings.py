@@ -98,6 +98,10 @@ class RagSettings(CommonSettings):
     )
     agent_time_limit: float = Field(120, gt=0, description="Wall-clock seconds an agent run may take.")
     agent_max_observation_chars: int = Field(4000, ge=200, description="Cap on a tool result fed back to the model.")
+    responses_store_size: int = Field(
+        1000, ge=0, description="`rag:` responses kept for `previous_response_id` and GET /v1/responses/{id}."
+    )
+    responses_store_mib: float = Field(64, gt=0, description="Most memory (MiB of JSON) those responses may take.")
     agent_tool_time_limit: float = Field(
         10, gt=0, description="Seconds one agent tool call may take (it then answers with an error observation)."
     )

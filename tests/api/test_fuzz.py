@@ -98,6 +98,11 @@ async def _serve(model_dir: Path, started: concurrent.futures.Future[dict[str, s
             assert resp.status_code == 200, resp.text
             resp = await client.post("/rag/collections/kb/documents", json={"documents": DOCS})
             assert resp.status_code == 200, resp.text
+            # a stored response, so that half the retrievals and deletions find one
+            body = {"model": "tiny-llama", "input": "Hi", "max_output_tokens": 2}
+            resp = await client.post("/v1/responses", json=body)
+            assert resp.status_code == 200, resp.text
+            REAL_PATH_VALUES["response_id"] = resp.json()["id"]
         servers, tasks, urls = [], [], {}
         for name, app in gateway.services.items():
             sock = socket.create_server(("127.0.0.1", 0))
@@ -172,7 +177,9 @@ SCHEMAS = {
 
 # Random names rarely exist: positive cases use the stack's real models and collection instead (negative
 # ones keep theirs), and half the path parameters name real data.
-REAL_MODELS = {"/v1/embeddings": "all-minilm-l6-v2", "/v1/completions": "tiny-llama", "/v1/chat": "tiny-llama"}
+REAL_MODELS = {"/v1/embeddings": "all-minilm-l6-v2", "/v1/completions": "tiny-llama", "/v1/chat": "tiny-llama",
+               "/v1/responses": "tiny-llama", "/v1/perplexity": "tiny-llama", "/tokenize": "tiny-llama",
+               "/detokenize": "tiny-llama"}  # fmt: skip
 REAL_PATH_VALUES = {"name": "kb", "doc_id": "cats"}
 
 
@@ -210,7 +217,7 @@ def _realistic(case: Any, service: str) -> None:
         if model is None:
             del body["model"]  # rerank and sparse: the served default
         else:
-            body["model"] = model
+            body["model"] = "rag:kb" if service == "rag" and case.path == "/v1/responses" else model
     if case.path in ("/rag/query", "/rag/agent", "/rag/retrieve"):
         if body.get("collections"):
             body["collections"] = ["kb"]
@@ -241,7 +248,7 @@ def _realistic(case: Any, service: str) -> None:
         body["prompt"] = "Once upon a time"
 
 
-MODEL_ROUTES = ("/v1/chat/completions", "/v1/chat", "/v1/completions", "/rag/query", "/rag/agent")
+MODEL_ROUTES = ("/v1/chat/completions", "/v1/chat", "/v1/completions", "/v1/responses", "/rag/query", "/rag/agent")
 
 
 def _bounded(case: Any) -> None:
@@ -252,9 +259,10 @@ def _bounded(case: Any) -> None:
     body = case.body
     if not isinstance(body, dict) or case.path not in MODEL_ROUTES:
         return
-    for key in ("max_tokens", "max_completion_tokens"):
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(key)
-        if (value is None and key == "max_tokens") or (isinstance(value, int) and 8 < value <= 4096):
+        unset_limit = key == ("max_output_tokens" if case.path == "/v1/responses" else "max_tokens")
+        if (value is None and unset_limit) or (isinstance(value, int) and 8 < value <= 4096):
             body[key] = 8
     if isinstance(body.get("max_steps"), int) and body["max_steps"] > 2:
         body["max_steps"] = 2

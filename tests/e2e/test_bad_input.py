@@ -6,7 +6,7 @@ and the process keeps answering meanwhile.
 Also: the gateway's memory stays flat while 20 clients each send a 200 MB chunked body without a key.
 
 Cases whose fix belongs to another engineer are here too (issue 15.10 seed bounds, 15.11's huge-integer
-filter, 15.3's calculator); one whose fix has not landed is a strict xfail in PENDING.
+filter, 15.3's calculator).
 """
 
 from __future__ import annotations
@@ -197,15 +197,7 @@ CASES: dict[str, Case] = {
 }  # fmt: skip
 
 
-# Red until the api engineer's seed bounds (issue 15.10) land: strict, so their landing must drop this mark.
-PENDING = {"out_of_range_seed": "issue 15.10: seed is not bounded to int64 yet"}
-
-
-@pytest.mark.parametrize(
-    "case",
-    [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=PENDING[name])) if name in PENDING else name
-     for name in sorted(CASES)],
-)  # fmt: skip
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_is_a_4xx_never_a_500(stack: Server, case: str) -> None:
     CASES[case](stack)
     assert stack.alive() and httpx.get(stack.base + "/ready", timeout=30).status_code == 200
