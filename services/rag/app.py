@@ -17,6 +17,7 @@ from services.common.logging import setup_logging
 from services.common.service import build_service_app, require_key, serve
 
 from .agent import make_agent_router
+from .graph.router import router as graph_router
 from .metrics import RagMetrics
 from .router import caller, get_rag, router
 from .service import KnowledgeBase, Links, RagService, http_links
@@ -35,6 +36,7 @@ def api_router(settings: RagSettings) -> APIRouter:
     )
     api = APIRouter()
     api.include_router(router)
+    api.include_router(graph_router)
     api.include_router(agent, dependencies=[Depends(require_key)])
     return api
 

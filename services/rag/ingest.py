@@ -19,6 +19,8 @@ from services.embeddings.client import Embedder
 
 from .bm25 import BM25Encoder
 from .chunking import Chunker, ChunkingParams, parse_chunking
+from .graph.service import GraphService
+from .graph.types import SETTING, GraphMode
 from .metrics import RagMetrics
 from .parsing import ParsedDocument, parse_upload
 from .protocol import IngestResult, Job, JobError
@@ -60,9 +62,10 @@ class Ingestor:
         sparse: BM25Encoder,
         settings: RagSettings,
         metrics: RagMetrics,
+        graph: GraphService | None = None,
     ):
         self.store, self.embedder, self.chunker, self.sparse = store, embedder, chunker, sparse
-        self.settings, self.metrics = settings, metrics
+        self.settings, self.metrics, self.graph = settings, metrics, graph
 
     def chunking(self, params: dict[str, Any] | None, fmt: str = "text") -> ChunkingParams:
         """The request's chunking over the service defaults (markdown documents split on headings)."""
@@ -77,13 +80,15 @@ class Ingestor:
             base["chunk_overlap"] = min(self.settings.chunk_overlap, size // 2)
         return parse_chunking({**base, **params})
 
-    async def ensure_collection(self, name: str) -> None:
-        """Create the collection for this embedding model on first use; refuse one made for another model."""
+    async def ensure_collection(self, name: str, graph: GraphMode | None = None) -> None:
+        """Create the collection for this embedding model on first use (with a knowledge graph made as `graph`
+        says, default `graph_default`); refuse one made for another model."""
         try:
             await self.check_collection(name)
         except NotFound:  # create_collection is idempotent, and a Conflict if another model won a race
             await self.store.create_collection(
-                name, dimension=self.embedder.dimension, embed_model=self.embedder.embed_model, sparse_model="bm25"
+                name, dimension=self.embedder.dimension, embed_model=self.embedder.embed_model, sparse_model="bm25",
+                metadata={SETTING: graph or self.settings.graph_default},
             )
 
     async def check_collection(self, name: str) -> None:
@@ -104,8 +109,16 @@ class Ingestor:
 
     async def store_document(self, collection: str, doc: ParsedDocument, chunks: list[Chunk]) -> DocumentInfo:
         texts = [c.text for c in chunks]
-        dense = await self.embedder.embed(texts)
-        sparse = await asyncio.to_thread(self.sparse.encode_documents, texts)
+        # the knowledge graph's extraction runs beside the embedding (in a thread, or on the generation service)
+        extraction = asyncio.ensure_future(self.graph.extract(collection, texts)) if self.graph else None
+        try:
+            dense = await self.embedder.embed(texts)
+            sparse = await asyncio.to_thread(self.sparse.encode_documents, texts)
+            graphs = await extraction if extraction else None
+        except BaseException:
+            if extraction:
+                extraction.cancel()
+            raise
         info = await self.store.replace_document(
             collection,
             doc_id=doc.resolved_id(),
@@ -115,6 +128,8 @@ class Ingestor:
             dense=dense,
             sparse=sparse,
         )
+        if self.graph:
+            await self.graph.document_stored(collection, info, graphs)
         self.metrics.documents.labels("ok").inc()
         self.metrics.chunks.inc(len(chunks))
         return info

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from .graph.types import GraphMode
 from .types import Chunk, CollectionInfo, DocumentInfo, Fusion, Hit, MetadataFilter, RetrievalMode, StoredChunk
 
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")]
@@ -32,6 +33,11 @@ class _Strict(BaseModel):
 
 class CollectionCreate(_Strict):
     name: CollectionName
+    graph: GraphMode | None = Field(
+        None,
+        description="Knowledge graph extracted at ingestion: off, keyphrase (model-free) or llm (the generation "
+        "model, structured output); default: the service's `graph_default` (keyphrase).",
+    )
 
 
 class CollectionList(BaseModel):

@@ -26,6 +26,8 @@ from .answer import Answerer
 from .bm25 import BM25Encoder
 from .chunking import Chunker
 from .generator import Generator, HttpGenerator
+from .graph.llm import LlmExtractor
+from .graph.service import GraphService
 from .ingest import Ingestor, JobManager
 from .metrics import RagMetrics
 from .retrieval import Retriever
@@ -134,10 +136,17 @@ class RagService:
     def __init__(self, settings: RagSettings, store: VectorStore, links: Links, chunker: Chunker, metrics: RagMetrics):
         self.settings, self.store, self.links, self.chunker, self.metrics = settings, store, links, chunker, metrics
         self.sparse = BM25Encoder()
-        self.ingestor = Ingestor(store, links.embeddings, chunker, self.sparse, settings, metrics)
+        llm = LlmExtractor(links.generator, self._graph_model, concurrency=settings.graph_llm_concurrency,
+                           max_tokens=settings.graph_llm_max_tokens)
+        self.graph = GraphService.build(store, links.embeddings, keyphrases=settings.graph_keyphrases, llm=llm,
+                                        hops=settings.graph_hops, seeds=settings.graph_seeds)
+        self.ingestor = Ingestor(store, links.embeddings, chunker, self.sparse, settings, metrics, self.graph)
         self.jobs = JobManager(self.ingestor, settings, metrics)
-        self.retriever = Retriever(store, links.embeddings, links.embeddings, self.sparse, self.ingestor)
+        self.retriever = Retriever(store, links.embeddings, links.embeddings, self.sparse, self.ingestor, self.graph)
         self.answerer = Answerer(self.retriever, links.generator, settings, metrics)
+
+    async def _graph_model(self) -> str:
+        return await self.answerer.model(self.settings.graph_llm_model)
 
     @classmethod
     async def load(cls, settings: RagSettings, metrics: RagMetrics, links: Links) -> RagService:

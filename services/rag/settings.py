@@ -9,6 +9,8 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import CommonSettings
 
+from .graph.types import GraphMode
+
 
 class RagSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="INFERAG_RAG_", env_file=".env", extra="ignore")
@@ -66,6 +68,17 @@ class RagSettings(CommonSettings):
     )
     agent_time_limit: float = Field(120, gt=0, description="Wall-clock seconds an agent run may take.")
     agent_max_observation_chars: int = Field(4000, ge=200, description="Cap on a tool result fed back to the model.")
+    graph_default: GraphMode = Field(
+        "keyphrase",
+        description="Knowledge graph of a collection created without saying (`graph` at creation): off, keyphrase "
+        "(model-free) or llm (extraction by the generation model).",
+    )
+    graph_keyphrases: int = Field(8, ge=0, le=64, description="Keyphrases taken per chunk by the keyphrase extractor.")
+    graph_hops: int = Field(2, ge=0, le=3, description="Relations walked from the entities a query matches.")
+    graph_seeds: int = Field(8, ge=0, le=100, description="Entities matched to a query by vector (beside name).")
+    graph_llm_model: str | None = Field(None, description="Model of the llm extractor; default: the answering one.")
+    graph_llm_concurrency: int = Field(4, ge=1, description="Chunks the llm extractor sends at once.")
+    graph_llm_max_tokens: int = Field(1024, ge=64, description="Reply budget of one llm extraction.")
 
     def store_path(self) -> str:
         return self.qdrant_path or str(Path(self.data_dir) / "qdrant")

@@ -28,9 +28,9 @@ import re
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -97,6 +97,9 @@ class _Meta:
     dimension: int
     embed_model: str
     sparse_model: str | None
+    # the `metadata` given at creation: the collection's settings (e.g. {"graph": "keyphrase"}); a later
+    # create that asks for other settings is not a conflict here (callers that care compare them)
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def registry_name(collection: str) -> str:
@@ -378,7 +381,7 @@ class VectorStore:
         if not isinstance(raw, dict):
             return None
         return _Meta(dimension=int(raw["dimension"]), embed_model=str(raw["embed_model"]),
-                     sparse_model=raw.get("sparse_model"))
+                     sparse_model=raw.get("sparse_model"), settings=dict(raw.get("metadata") or {}))
 
     def _count_sync(self, name: str) -> tuple[int, int]:
         """(live points, documents) of a collection."""
@@ -389,7 +392,8 @@ class VectorStore:
 
     def _info(self, name: str, meta: _Meta, counts: tuple[int, int]) -> CollectionInfo:
         return CollectionInfo(name=name, dimension=meta.dimension, embed_model=meta.embed_model,
-                              sparse_model=meta.sparse_model or "", points=counts[0], documents=counts[1])
+                              sparse_model=meta.sparse_model or "", points=counts[0], documents=counts[1],
+                              settings=meta.settings)
 
     # -- collections ------------------------------------------------------------------------------
 
@@ -407,7 +411,8 @@ class VectorStore:
         if not embed_model:
             raise InvalidRequest("The embedding model must be named.", param="embed_model")
         await self._ready()
-        wanted = _Meta(dimension=dimension, embed_model=embed_model, sparse_model=sparse_model or None)
+        wanted = _Meta(dimension=dimension, embed_model=embed_model, sparse_model=sparse_model or None,
+                       settings=dict(metadata or {}))
         async with self._admin_lock:
             created = await self._run(self._create_collection_sync, name, wanted, metadata or {})
             self._meta_cache[name] = created
@@ -492,6 +497,11 @@ class VectorStore:
         meta = await self._meta(name)
         return meta.dimension, meta.embed_model
 
+    async def collection_settings(self, name: str) -> dict[str, Any]:
+        """The settings given at creation (the cached metadata; `NotFound` if absent)."""
+        await self._ready()
+        return dict((await self._meta(name)).settings)
+
     async def get_collection(self, name: str) -> CollectionInfo:
         await self._ready()
         meta = await self._meta(name)
@@ -499,18 +509,23 @@ class VectorStore:
         return self._info(name, meta, counts)
 
     async def delete_collection(self, name: str) -> None:
-        """Delete a collection and its document registry (`NotFound` if absent)."""
+        """Delete a collection, its document registry and its companions (`NotFound` if absent)."""
         await self._ready()
         await self._meta(name)
         async with self._admin_lock:
             await self._run(self._delete_collection_sync, name)
             self._meta_cache.pop(name, None)
-            self._indexed = {key for key in self._indexed if key[0] not in (name, registry_name(name))}
+            self._indexed = {key for key in self._indexed if key[0] not in (name, registry_name(name))
+                             and not key[0].endswith(f"__{name}")}
 
     def _delete_collection_sync(self, name: str) -> None:
         # the collection first: a registry left alone by a crash is reset by the next create
         self._client.delete_collection(name)
         self._client.delete_collection(registry_name(name))
+        companion = re.compile(rf"^_[a-z]+__{re.escape(name)}$")
+        for other in self._client.get_collections().collections:
+            if companion.match(other.name):
+                self._client.delete_collection(other.name)
 
     async def count(self, collection: str) -> int:
         """Live chunk points of a collection."""
@@ -808,6 +823,129 @@ class VectorStore:
             for p in points
             if versions.get(_payload(p).get("doc_id")) == _payload(p).get("version")
         ]
+
+    # -- companion collections (hidden collections a feature keeps beside a collection) ---------------
+    # Generic primitives, used by the graph layer (services/rag/graph/storage.py) for its entities and
+    # chunk fragments. A companion is named `_<kind>__<collection>`: not a valid collection name, so
+    # listings and recovery leave it alone. Filters are equality (a list: any of), all must hold.
+
+    def companion_name(self, collection: str, kind: str) -> str:
+        return f"_{kind}__{validate_collection_name(collection)}"
+
+    @staticmethod
+    def _companion_filter(must: Mapping[str, Any] | None = None,
+                          must_not: Mapping[str, Any] | None = None) -> models.Filter | None:
+        def condition(key: str, value: Any) -> models.FieldCondition:
+            if isinstance(value, list):
+                return models.FieldCondition(key=key, match=models.MatchAny(any=value))
+            return _match(key, value)
+
+        if not must and not must_not:
+            return None
+        return models.Filter(must=[condition(k, v) for k, v in (must or {}).items()] or None,
+                             must_not=[condition(k, v) for k, v in (must_not or {}).items()] or None)
+
+    async def create_companion(self, collection: str, kind: str, *, dimension: int,
+                               indexes: Sequence[str] = ()) -> None:
+        """Create the companion if absent, with one dense vector (cosine) and keyword indexes (server)."""
+        name = self.companion_name(collection, kind)
+        await self._ready()
+
+        def create() -> None:
+            if self._client.collection_exists(name):
+                return
+            self._client.create_collection(
+                name, vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
+                **self._layout)
+            if not self.embedded:
+                for field in indexes:
+                    self._index_sync(name, field, models.PayloadSchemaType.KEYWORD)
+
+        async with self._admin_lock:
+            await self._run(create)
+
+    async def companion_exists(self, collection: str, kind: str) -> bool:
+        await self._ready()
+        return await self._run(self._client.collection_exists, self.companion_name(collection, kind))
+
+    async def drop_companion(self, collection: str, kind: str) -> None:
+        name = self.companion_name(collection, kind)
+        await self._ready()
+
+        def drop() -> None:
+            if self._client.collection_exists(name):
+                self._client.delete_collection(name)
+
+        async with self._admin_lock:
+            await self._run(drop)
+            self._indexed = {key for key in self._indexed if key[0] != name}
+
+    async def upsert_companion(self, collection: str, kind: str,
+                               points: Sequence[tuple[str, Sequence[float] | None, dict[str, Any]]]) -> None:
+        """Write (id, dense vector or None, payload) points, in batches."""
+        name = self.companion_name(collection, kind)
+        structs = [models.PointStruct(id=pid, vector={DENSE: [float(x) for x in vector]} if vector is not None
+                                      else {}, payload=payload) for pid, vector, payload in points]
+        for start in range(0, len(structs), UPSERT_BATCH):
+            await self._run(self._client.upsert, name, points=structs[start:start + UPSERT_BATCH], wait=True)
+
+    async def delete_companion(self, collection: str, kind: str, *, ids: Sequence[str] | None = None,
+                               must: Mapping[str, Any] | None = None,
+                               must_not: Mapping[str, Any] | None = None) -> None:
+        """Delete points by id, or those matching the filter."""
+        name = self.companion_name(collection, kind)
+        selector: models.PointIdsList | models.FilterSelector
+        if ids is not None:
+            if not ids:
+                return
+            selector = models.PointIdsList(points=list(ids))
+        else:
+            flt = self._companion_filter(must, must_not)
+            if flt is None:
+                raise ValueError("delete_companion needs ids or a filter")
+            selector = models.FilterSelector(filter=flt)
+        await self._run(self._client.delete, name, points_selector=selector, wait=True)
+
+    async def retrieve_companion(self, collection: str, kind: str,
+                                 ids: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+        if not ids:
+            return []
+        records = await self._run(self._client.retrieve, self.companion_name(collection, kind), list(ids),
+                                  with_payload=True)
+        return [(str(r.id), _payload(r)) for r in records]
+
+    async def scroll_companion(self, collection: str, kind: str, *, must: Mapping[str, Any] | None = None,
+                               must_not: Mapping[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """Every point matching the filter (payloads, no vectors)."""
+        flt = self._companion_filter(must, must_not)
+        records = await self._run(self._scroll, self.companion_name(collection, kind), True, flt)
+        return [(str(r.id), _payload(r)) for r in records]
+
+    async def search_companion(self, collection: str, kind: str, vector: Sequence[float], *, limit: int,
+                               must: Mapping[str, Any] | None = None) -> list[tuple[str, float, dict[str, Any]]]:
+        """The `limit` points nearest to `vector` (cosine) among those matching the filter."""
+        response = await self._run(self._client.query_points, self.companion_name(collection, kind),
+                                   query=[float(x) for x in vector], using=DENSE, limit=limit,
+                                   query_filter=self._companion_filter(must), with_payload=True)
+        return [(str(p.id), p.score, _payload(p)) for p in response.points]
+
+    async def count_companion(self, collection: str, kind: str, *, must: Mapping[str, Any] | None = None) -> int:
+        result = await self._run(self._client.count, self.companion_name(collection, kind),
+                                 count_filter=self._companion_filter(must), exact=True)
+        return int(result.count)
+
+    async def chunks_by_ids(self, collection: str, ids: Sequence[str],
+                            filter: MetadataFilter | None = None) -> list[StoredChunk]:
+        """The live chunks among `ids` that pass the metadata filter, in the order of `ids`."""
+        conditions, _ = filter_conditions(filter)
+        await self._ready()
+        await self._meta(collection)
+        if not ids:
+            return []
+        flt = models.Filter(must=[models.HasIdCondition(has_id=list(ids)), _live_condition(), *conditions])
+        records = await self._run(self._scroll, collection, True, flt)
+        found = {str(r.id): StoredChunk(**_stored_chunk(r)) for r in records}
+        return [found[i] for i in ids if i in found]
 
     # -- recovery and lifecycle -------------------------------------------------------------------
 

@@ -9,7 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-RetrievalMode = Literal["dense", "sparse", "hybrid"]
+from .graph.types import GraphEvidence
+
+# graph: the collection's knowledge graph (services/rag/graph); hybrid+graph: hybrid and graph fused by RRF
+RetrievalMode = Literal["dense", "sparse", "hybrid", "graph", "hybrid+graph"]
 Fusion = Literal["rrf", "dbsf"]
 
 # A metadata filter: {"key": value} (equality), {"key": {"any": [v1, v2]}} (any of),
@@ -59,6 +62,7 @@ class Hit(StoredChunk):
 
     collection: str
     score: float
+    graph: GraphEvidence | None = Field(None, description="Graph retrieval: the entities and relations behind it.")
 
 
 class CollectionInfo(BaseModel):
@@ -68,3 +72,6 @@ class CollectionInfo(BaseModel):
     sparse_model: str
     points: int
     documents: int
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Given at creation, e.g. {'graph': 'keyphrase'}."
+    )
