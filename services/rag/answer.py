@@ -107,6 +107,7 @@ def _citation(number: int, hit: Hit) -> Citation:
         end=hit.end,
         score=hit.score,
         metadata=hit.metadata,
+        graph=hit.graph,
     )
 
 

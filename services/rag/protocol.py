@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from .graph.types import GraphMode
+from .graph.types import GraphEvidence, GraphMode
 from .types import Chunk, CollectionInfo, DocumentInfo, Fusion, Hit, MetadataFilter, RetrievalMode, StoredChunk
 
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")]
@@ -244,6 +244,7 @@ class Citation(BaseModel):
     end: int
     score: float
     metadata: dict[str, Any] = Field(default_factory=dict)
+    graph: GraphEvidence | None = Field(None, description="Graph retrieval: the entities and relations behind it.")
 
 
 class Usage(BaseModel):

@@ -33,7 +33,7 @@ from .metrics import RagMetrics
 from .retrieval import Retriever
 from .settings import RagSettings
 from .store import VectorStore, open_store
-from .types import CollectionInfo, DocumentInfo, Hit, StoredChunk
+from .types import CollectionInfo, DocumentInfo, Hit, RetrievalMode, StoredChunk
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +112,16 @@ class KnowledgeBase:
     """What the agent's tools see: search (retrieve + rerank), documents and collections, within the
     caller's scope (a collection the model names outside it is a Forbidden tool error)."""
 
-    def __init__(self, service: RagService, caller: Principal = ANONYMOUS):
-        self.service, self.caller = service, caller
+    def __init__(self, service: RagService, caller: Principal = ANONYMOUS, mode: RetrievalMode = "hybrid"):
+        self.service, self.caller, self.mode = service, caller, mode
 
     async def search(self, query: str, collections: list[str], top_k: int) -> list[Hit]:
         for name in collections:
             self.caller.check(name)
         retriever = self.service.retriever
         if not retriever.should_rerank(None):
-            return await retriever.retrieve(collections, query, top_k=top_k, mode="hybrid")
-        hits = await retriever.retrieve(collections, query, top_k=max(top_k * 4, 20), mode="hybrid")
+            return await retriever.retrieve(collections, query, top_k=top_k, mode=self.mode)
+        hits = await retriever.retrieve(collections, query, top_k=max(top_k * 4, 20), mode=self.mode)
         return await retriever.rerank(query, hits, top_k)
 
     async def get_document(self, collection: str, doc_id: str) -> tuple[DocumentInfo, list[StoredChunk]]:

@@ -300,7 +300,7 @@ class CollectionGraph:
                 base = reached[key].score * self.specificity(key)
                 for other, strength, description in self._neighbours(key):
                     score = base * strength
-                    if other not in reached or score > reached[other].score and reached[other].hop > 0:
+                    if other not in reached or score > reached[other].score:  # the strongest path wins
                         if other not in reached:
                             grown.append(other)
                         reached[other] = Reached(score, hop, key, description)

@@ -95,6 +95,8 @@ def _words(text: str) -> tuple[list[_Word], list[tuple[int, int]], str]:
                 sentence_start = m.end()
             broken = True
             continue
+        if word in ("s", "S") and m.start() and text[m.start() - 1] in "'’":
+            continue  # an English possessive: "World's Fair" stays one name
         if m.start() and text[m.start() - 1] == "\\":  # a LaTeX command (\cdot, \frac): not a word
             broken = True
             continue
