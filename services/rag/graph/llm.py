@@ -23,7 +23,7 @@ from .types import ChunkGraph, EntityMention, RelationMention
 
 ENTITY_TYPES = ("PERSON", "ORGANIZATION", "LOCATION", "EVENT", "PRODUCT", "CONCEPT", "OTHER")
 NAME_CHARS = 48
-DESCRIPTION_CHARS = 80
+DESCRIPTION_CHARS = 60
 
 SYSTEM_PROMPT = (
     "You build a knowledge graph from a text. List the entities the text names (people, organizations, places, "
@@ -117,7 +117,7 @@ class LlmExtractor:
     embed_descriptions = True
 
     def __init__(self, generator: Generator, model: Callable[[], Awaitable[str]], *, concurrency: int = 4,
-                 max_tokens: int = 1024, max_entities: int = 8, max_relations: int = 6):
+                 max_tokens: int = 1024, max_entities: int = 6, max_relations: int = 4):
         self.generator, self.model = generator, model
         self.max_tokens, self.max_entities, self.max_relations = max_tokens, max_entities, max_relations
         self._gate = asyncio.Semaphore(concurrency)
