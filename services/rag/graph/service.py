@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -26,6 +28,8 @@ from .types import GRAPH_MODES, SETTING, ChunkGraph, EntityDetail, EntityList, G
 log = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("graphml", "json")
+# On a Qdrant server, how often a process checks whether another replica changed a graph it holds.
+REFRESH_S = 2.0
 
 
 class Extractor(Protocol):
@@ -106,6 +110,8 @@ class GraphService:
         self._graphs: dict[str, CollectionGraph] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._writing: set[tuple[str, str]] = set()
+        self._markers: dict[str, str | None] = {}  # the marker each held graph was loaded at or last written
+        self._checked: dict[str, float] = {}
 
     @classmethod
     def build(cls, store: Any, embedder: Embed, *, keyphrases: int = 8, llm: Extractor | None = None,
@@ -186,6 +192,14 @@ class GraphService:
         await self.storage.write_document(collection, doc_id, version, fragments)
         gone = graph.replace_document(doc_id, fragments)
         await self._drop_orphans(collection, gone)
+        await self._touch(collection)
+
+    async def _touch(self, collection: str) -> None:
+        """Tell other replicas on the same Qdrant server that this graph changed (embedded: one process, no one)."""
+        if not self.store.embedded:
+            value = uuid.uuid4().hex
+            await self.storage.set_marker(collection, value)
+            self._markers[collection] = value
 
     def _describes(self, mode: GraphMode) -> bool:
         extractor = self.extractors.get(mode)
@@ -205,6 +219,7 @@ class GraphService:
         async with self._lock(collection):
             await self.storage.delete_document(collection, doc_id)
             await self._drop_orphans(collection, graph.replace_document(doc_id, []))
+            await self._touch(collection)
 
     def collection_deleted(self, collection: str) -> None:
         """Forget the in-process graph (the store drops the companion collection with the collection)."""
@@ -213,20 +228,31 @@ class GraphService:
     # ------------------------------------------------------------ the in-process graph
 
     async def graph(self, collection: str) -> CollectionGraph:
-        """The collection's graph, loaded and checked against the document registry on first use."""
+        """The collection's graph, loaded and checked against the document registry on first use, and loaded
+        again when another replica sharing the Qdrant server has changed it."""
         graph = self._graphs.get(collection)
-        if graph is not None:
+        if graph is not None and not await self._stale(collection):
             return graph
         async with self._lock(collection):
-            graph = self._graphs.get(collection)
-            if graph is None:
-                graph = await self._load(collection)
-                self._graphs[collection] = graph
-        return graph
+            if self._graphs.get(collection) is graph:  # not loaded again while this waited
+                self._graphs[collection] = await self._load(collection)
+            return self._graphs[collection]
+
+    async def _stale(self, collection: str) -> bool:
+        if self.store.embedded:
+            return False
+        now = time.monotonic()
+        if now - self._checked.get(collection, 0.0) < REFRESH_S:
+            return False
+        self._checked[collection] = now
+        return await self.storage.marker(collection) != self._markers.get(collection)
 
     async def _load(self, collection: str) -> CollectionGraph:
         dimension, _ = await self.store.embedding(collection)
         await self.storage.ensure(collection, dimension)
+        if not self.store.embedded:  # read first: a write while the fragments are read shows as a change
+            self._markers[collection] = await self.storage.marker(collection)
+            self._checked[collection] = time.monotonic()
         graph = CollectionGraph()
         for fragment in await self.storage.fragments(collection):
             graph.add(fragment)
@@ -260,6 +286,8 @@ class GraphService:
                 continue
             graphs = await self._extractor(mode).extract([c.text for c in chunks])
             await self._write(collection, graph, doc_id, info.version, graphs)
+        if gone:
+            await self._touch(collection)
         if gone or stale:
             log.warning("graph of %s: %d documents extracted again, %d removed", collection, len(stale), len(gone))
 

@@ -23,6 +23,9 @@ from .text import entity_id
 KIND = "graph"
 ENTITY = "entity"
 CHUNK = "chunk"
+# One point whose payload changes with every write: how replicas sharing a Qdrant server see that their
+# in-process graph is behind.
+MARKER_ID = entity_id("\x00graph marker")
 
 
 class CompanionStore(Protocol):
@@ -110,6 +113,13 @@ class GraphStorage:
         """(key, cosine) of the entities nearest to a query vector."""
         found = await self.store.search_companion(collection, KIND, vector, limit=limit, must={"kind": ENTITY})
         return [(str(payload.get("key", "")), score) for _, score, payload in found]
+
+    async def marker(self, collection: str) -> str | None:
+        found = await self.store.retrieve_companion(collection, KIND, [MARKER_ID])
+        return str(found[0][1].get("value")) if found else None
+
+    async def set_marker(self, collection: str, value: str) -> None:
+        await self.store.upsert_companion(collection, KIND, [(MARKER_ID, None, {"kind": "marker", "value": value})])
 
     async def count_entities(self, collection: str) -> int:
         return await self.store.count_companion(collection, KIND, must={"kind": ENTITY})
