@@ -128,6 +128,19 @@ def test_replacing_a_document_keeps_shared_entities_and_drops_its_own() -> None:
     assert graph.counts() == {"entities": 1, "relations": 0, "chunks": 1, "documents": 1}
 
 
+def test_a_relation_goes_with_its_document_even_when_both_entities_stay() -> None:
+    graph = CollectionGraph()
+    graph.replace_document("a", [_fragment("a", 0, ["Tessaly Orchestra", "Corvane Hall"],
+                                           [("Tessaly Orchestra", "Corvane Hall")])])  # fmt: skip
+    graph.replace_document("b", [_fragment("b", 0, ["Tessaly Orchestra", "Corvane Hall"])])  # no relation here
+    assert graph.g.has_edge("tessaly orchestra", "corvane hall")
+    assert graph.replace_document("a", []) == set()  # both entities stay: b names them
+    assert not graph.g.has_edge("tessaly orchestra", "corvane hall")
+    graph.replace_document("c", [_fragment("c", 0, ["Tessaly Orchestra", "Corvane Hall"],
+                                           [("Tessaly Orchestra", "Corvane Hall")])] * 1)  # fmt: skip
+    assert graph.g.edges["tessaly orchestra", "corvane hall"]["weight"] == 1.0
+
+
 def test_counts_after_writes_match_a_graph_built_from_scratch() -> None:
     incremental = CollectionGraph()
     incremental.replace_document("a", _doc_a())
