@@ -114,7 +114,7 @@ class Ingestor:
         try:
             dense = await self.embedder.embed(texts)
             sparse = await asyncio.to_thread(self.sparse.encode_documents, texts)
-            graphs = await extraction if extraction else None
+            extracted = await extraction if extraction else None
         except BaseException:
             if extraction:
                 extraction.cancel()
@@ -129,7 +129,7 @@ class Ingestor:
             sparse=sparse,
         )
         if self.graph:
-            await self.graph.document_stored(collection, info, graphs)
+            await self.graph.document_stored(collection, info, extracted)
         self.metrics.documents.labels("ok").inc()
         self.metrics.chunks.inc(len(chunks))
         return info
@@ -140,7 +140,11 @@ class Ingestor:
         """Store every document (chunked first, so a bad one fails the request before any write)."""
         await self.ensure_collection(collection)
         prepared = [(doc, await self.prepare(doc, chunking)) for doc in docs]
-        stored = [await self.store_document(collection, doc, chunks) for doc, chunks in prepared]
+        try:
+            stored = [await self.store_document(collection, doc, chunks) for doc, chunks in prepared]
+        finally:
+            if self.graph:  # the documents' graph writes, together
+                await self.graph.flush(collection)
         return IngestResult(collection=collection, documents=stored, chunks=sum(d.chunks for d in stored))
 
 

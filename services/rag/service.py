@@ -184,6 +184,7 @@ class RagService:
 
     async def close(self) -> None:
         await self.jobs.close()
+        await self.graph.close()
         await self.store.close()
         await self.links.aclose()
 

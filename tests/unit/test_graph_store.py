@@ -3,6 +3,7 @@ replicas sharing a server, and what a crash between a document's write and its g
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Sequence
 
@@ -53,6 +54,7 @@ async def _store_document(store: VectorStore, graph: GraphService | None, doc_id
     info = await store.replace_document("kb", doc_id=doc_id, source=None, metadata={}, chunks=chunks, dense=vectors)
     if graph is not None:
         await graph.document_stored("kb", info, extracted)
+        await graph.flush("kb")  # as an ingestion request does before it answers
 
 
 def _service(store: VectorStore) -> GraphService:
@@ -102,3 +104,26 @@ async def test_replicas_on_one_server_see_each_others_writes(
     # `one` still holds the orchestra's entity from b; "Oriane Valcourt" is gone everywhere
     assert "Oriane Valcourt" not in {e.name for e in (await one.entities("kb", None, 50)).data}
     assert (await one.stats("kb")).entity_points == (await one.stats("kb")).entities
+
+
+async def test_graph_writes_wait_and_go_together(store: VectorStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    graph = _service(store)
+    writes: list[int] = []
+    upsert = store.upsert_companion
+
+    async def counted(collection: str, kind: str, points: Sequence[object]) -> None:
+        writes.append(len(points))
+        await upsert(collection, kind, points)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "upsert_companion", counted)
+    monkeypatch.setattr(graph_service, "FLUSH_DELAY_S", 0.05)
+    for doc_id, texts in TEXTS.items():
+        extracted = await graph.extract("kb", texts)
+        chunks = [Chunk(text=t, start=0, end=len(t), tokens=1) for t in texts]
+        info = await store.replace_document("kb", doc_id=doc_id, source=None, metadata={}, chunks=chunks,
+                                            dense=await HashEmbedder().embed(texts))  # fmt: skip
+        await graph.document_stored("kb", info, extracted)
+    assert writes == [] and (await graph.graph("kb")).counts()["documents"] == 2  # the process sees them already
+    await asyncio.sleep(0.3)  # the flusher's delay passes
+    assert len(writes) == 1 and writes[0] == (await graph.stats("kb")).entities + 2  # entities and two fragments
+    assert await store.count_companion("kb", KIND, must={"kind": "chunk"}) == 2

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.common.errors import Conflict, InvalidRequest, NotFound
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 EXPORT_FORMATS = ("graphml", "json")
 # On a Qdrant server, how often a process checks whether another replica changed a graph it holds.
 REFRESH_S = 2.0
+# Graph writes wait to be written together (every write to embedded Qdrant is a commit, ~0.2 s here): until the
+# ingestion request ends, this many points are waiting, or this long has passed.
+FLUSH_POINTS = 1024
+FLUSH_DELAY_S = 2.0
 
 
 class Extractor(Protocol):
@@ -78,16 +83,38 @@ def graph_mode(settings: dict[str, Any]) -> GraphMode:
     return mode if mode in GRAPH_MODES else "off"
 
 
+@dataclass
+class Extracted:
+    """A document's chunk graphs, and vectors of the entities the collection's graph did not hold."""
+
+    graphs: list[ChunkGraph]
+    vectors: dict[str, list[float]]
+
+
+def _chunk_mentions(graph: ChunkGraph) -> tuple[dict[str, Mention], dict[str, str]]:
+    """One chunk's entities by key (names merged), and the key of each name."""
+    keys = {e.name: entity_key(e.name, graph.language) for e in graph.entities}
+    mentions: dict[str, Mention] = {}
+    for e in graph.entities:
+        if keys[e.name] and keys[e.name] not in mentions:
+            mentions[keys[e.name]] = Mention(keys[e.name], e.name, e.type, e.description)
+    return mentions, keys
+
+
+def mentions_of(graphs: Sequence[ChunkGraph]) -> dict[str, Mention]:
+    """The entities of a document's chunks by key (the first mention of each)."""
+    out: dict[str, Mention] = {}
+    for graph in graphs:
+        for key, mention in _chunk_mentions(graph)[0].items():
+            out.setdefault(key, mention)
+    return out
+
+
 def fragments_of(doc_id: str, version: str, graphs: Sequence[ChunkGraph]) -> list[Fragment]:
     """One fragment per chunk (empty ones too: they tell the document's graph is there), names merged by key."""
     out = []
     for index, graph in enumerate(graphs):
-        keys = {e.name: entity_key(e.name, graph.language) for e in graph.entities}
-        mentions: dict[str, Mention] = {}
-        for e in graph.entities:
-            key = keys[e.name]
-            if key and key not in mentions:
-                mentions[key] = Mention(key, e.name, e.type, e.description)
+        mentions, keys = _chunk_mentions(graph)
         links = []
         for r in graph.relations:
             a = keys.get(r.source) or entity_key(r.source, graph.language)
@@ -97,6 +124,20 @@ def fragments_of(doc_id: str, version: str, graphs: Sequence[ChunkGraph]) -> lis
         out.append(Fragment(doc_id, version, index, chunk_point_id(doc_id, version, index),
                             list(mentions.values()), links))
     return out
+
+
+@dataclass
+class _Pending:
+    """A collection's graph writes not in the store yet (the in-process graph has them already)."""
+
+    graph: CollectionGraph
+    fragments: dict[str, list[Fragment]] = field(default_factory=dict)  # the latest version of each document
+    entities: dict[str, tuple[Mention, list[float]]] = field(default_factory=dict)
+    replaced: set[str] = field(default_factory=set)  # documents whose stored fragments of other versions go
+    orphans: set[str] = field(default_factory=set)  # entities no fragment named any more, when last seen
+
+    def points(self) -> int:
+        return len(self.entities) + sum(len(f) for f in self.fragments.values())
 
 
 class GraphService:
@@ -112,6 +153,8 @@ class GraphService:
         self._writing: set[tuple[str, str]] = set()
         self._markers: dict[str, str | None] = {}  # the marker each held graph was loaded at or last written
         self._checked: dict[str, float] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._flushers: dict[str, asyncio.Task[None]] = {}
 
     @classmethod
     def build(cls, store: Any, embedder: Embed, *, keyphrases: int = 8, llm: Extractor | None = None,
@@ -156,43 +199,91 @@ class GraphService:
 
     # ------------------------------------------------------------ ingestion hooks
 
-    async def extract(self, collection: str, texts: Sequence[str]) -> list[ChunkGraph] | None:
-        """The chunks' graphs (None when the collection has no graph): run before the document is stored."""
+    async def extract(self, collection: str, texts: Sequence[str]) -> Extracted | None:
+        """The chunks' graphs and the vectors of the entities new to the collection (None when it has no graph):
+        run while the chunks are embedded, so both embeddings share the embedder's batches."""
         mode = await self.mode(collection)
         if mode == "off":
             return None
-        return await self._extractor(mode).extract(texts)
+        graphs = await self._extractor(mode).extract(texts)
+        graph = await self.graph(collection)
+        return Extracted(graphs, await self._vectors(collection, mode, graph, mentions_of(graphs)))
 
-    async def document_stored(self, collection: str, info: DocumentInfo, graphs: list[ChunkGraph] | None) -> None:
+    async def _vectors(self, collection: str, mode: GraphMode, graph: CollectionGraph,
+                       mentions: dict[str, Mention]) -> dict[str, list[float]]:
+        """Vectors of those of the entities that have no point yet."""
+        new = [k for k in mentions if k not in graph]
+        if new and not self.store.embedded:  # another replica may have written some
+            stored = await self.storage.stored_entities(collection, new)
+            new = [k for k in new if k not in stored]
+        if not new:
+            return {}
+        described = self._describes(mode)
+        vectors = await self.embedder.embed([_entity_text(mentions[k], described) for k in new])
+        return dict(zip(new, vectors, strict=True))
+
+    async def document_stored(self, collection: str, info: DocumentInfo, extracted: Extracted | None) -> None:
         """Put a stored document version's graph in place of its old one (None: the collection has no graph)."""
-        if graphs is None:
+        if extracted is None:
             return
         key = (collection, info.doc_id)
         self._writing.add(key)
         try:
             graph = await self.graph(collection)
             async with self._lock(collection):
-                await self._write(collection, graph, info.doc_id, info.version, graphs)
+                await self._write(collection, graph, info.doc_id, info.version, extracted)
         finally:
             self._writing.discard(key)
 
     async def _write(self, collection: str, graph: CollectionGraph, doc_id: str, version: str,
-                     graphs: Sequence[ChunkGraph]) -> None:
-        fragments = fragments_of(doc_id, version, graphs)
+                     extracted: Extracted) -> None:
+        fragments = fragments_of(doc_id, version, extracted.graphs)
         mentions = {m.key: m for f in fragments for m in f.mentions}
-        new = [k for k in mentions if k not in graph]
-        if new and not self.store.embedded:  # another replica may have written some
-            new = [k for k in new if k not in await self.storage.stored_entities(collection, new)]
-        if new:
-            described = self._describes(await self.mode(collection))
-            texts = [_entity_text(mentions[k], described) for k in new]
-            vectors = await self.embedder.embed(texts)
-            await self.storage.write_entities(collection, [(k, mentions[k], v) for k, v in zip(new, vectors,
-                                                                                                  strict=True)])
-        await self.storage.write_document(collection, doc_id, version, fragments)
-        gone = graph.replace_document(doc_id, fragments)
-        await self._drop_orphans(collection, gone)
+        vectors = dict(extracted.vectors)
+        missing = {k: m for k, m in mentions.items() if k not in graph and k not in vectors}
+        if missing:  # gone from the graph since the extraction (another document's delete)
+            vectors.update(await self._vectors(collection, await self.mode(collection), graph, missing))
+        pending = self._pending.setdefault(collection, _Pending(graph))
+        pending.entities.update((k, (mentions[k], v)) for k, v in vectors.items() if k in mentions and k not in graph)
+        # embedded, this process is the only writer: a document its graph does not hold has no fragments to delete
+        if doc_id in graph.docs or not self.store.embedded:
+            pending.replaced.add(doc_id)
+        pending.fragments[doc_id] = fragments
+        pending.orphans |= graph.replace_document(doc_id, fragments)
+        if pending.points() >= FLUSH_POINTS:
+            await self._flush_locked(collection)
+        elif collection not in self._flushers:
+            self._flushers[collection] = asyncio.create_task(self._flush_later(collection))
+
+    async def _flush_later(self, collection: str) -> None:
+        await asyncio.sleep(FLUSH_DELAY_S)
+        self._flushers.pop(collection, None)
+        try:
+            await self.flush(collection)
+        except Exception:  # kept: the next write or flush tries again, and a load mends what never lands
+            log.exception("graph of %s: writing to the store failed", collection)
+
+    async def flush(self, collection: str) -> None:
+        """Write the collection's waiting graph writes now (an ingestion request does before it answers)."""
+        if collection in self._pending:
+            async with self._lock(collection):
+                await self._flush_locked(collection)
+
+    async def _flush_locked(self, collection: str) -> None:
+        """One upsert of the waiting entities and fragments, then the other versions and the orphans out."""
+        pending = self._pending.get(collection)
+        if pending is None:
+            return
+        graph = pending.graph
+        entities = [(k, m, v) for k, (m, v) in pending.entities.items() if k in graph]
+        fragments = [f for frs in pending.fragments.values() for f in frs]
+        await self.storage.write_fragments(collection, fragments, entities)
+        replaced = {doc: frs[0].version for doc, frs in pending.fragments.items() if doc in pending.replaced and frs}
+        await self.storage.delete_other_versions(collection, replaced)
+        await self._drop_orphans(collection, {k for k in pending.orphans if k not in graph})
         await self._touch(collection)
+        if self._pending.get(collection) is pending:
+            del self._pending[collection]
 
     async def _touch(self, collection: str) -> None:
         """Tell other replicas on the same Qdrant server that this graph changed (embedded: one process, no one)."""
@@ -217,13 +308,30 @@ class GraphService:
             return
         graph = await self.graph(collection)
         async with self._lock(collection):
+            pending = self._pending.setdefault(collection, _Pending(graph))
+            pending.fragments.pop(doc_id, None)
+            pending.replaced.discard(doc_id)
+            pending.orphans |= graph.replace_document(doc_id, [])
             await self.storage.delete_document(collection, doc_id)
-            await self._drop_orphans(collection, graph.replace_document(doc_id, []))
-            await self._touch(collection)
+            await self._flush_locked(collection)
 
     def collection_deleted(self, collection: str) -> None:
-        """Forget the in-process graph (the store drops the companion collection with the collection)."""
+        """Forget the in-process graph and its waiting writes (the store drops the companion with the collection)."""
         self._graphs.pop(collection, None)
+        self._pending.pop(collection, None)
+        flusher = self._flushers.pop(collection, None)
+        if flusher is not None:
+            flusher.cancel()
+
+    async def close(self) -> None:
+        """Write every waiting graph write (the service is stopping)."""
+        for collection in list(self._pending):
+            try:
+                await self.flush(collection)
+            except Exception:  # a load mends it
+                log.exception("graph of %s: writing to the store failed", collection)
+        for flusher in list(self._flushers.values()):
+            flusher.cancel()
 
     # ------------------------------------------------------------ the in-process graph
 
@@ -235,6 +343,7 @@ class GraphService:
             return graph
         async with self._lock(collection):
             if self._graphs.get(collection) is graph:  # not loaded again while this waited
+                await self._flush_locked(collection)
                 self._graphs[collection] = await self._load(collection)
             return self._graphs[collection]
 
@@ -275,9 +384,11 @@ class GraphService:
         busy = {doc for (name, doc) in self._writing if name == collection}
         gone = [d for d in graph.docs if d not in registry and d not in busy]
         stale = [d for d, v in registry.items() if graph.versions.get(d) != v and d not in busy]
-        for doc_id in gone:
-            await self.storage.delete_document(collection, doc_id)
-            await self._drop_orphans(collection, graph.replace_document(doc_id, []))
+        if gone:
+            pending = self._pending.setdefault(collection, _Pending(graph))
+            for doc_id in gone:
+                await self.storage.delete_document(collection, doc_id)
+                pending.orphans |= graph.replace_document(doc_id, [])
         mode = await self.mode(collection)
         for doc_id in stale:
             try:
@@ -285,9 +396,9 @@ class GraphService:
             except NotFound:
                 continue
             graphs = await self._extractor(mode).extract([c.text for c in chunks])
-            await self._write(collection, graph, doc_id, info.version, graphs)
-        if gone:
-            await self._touch(collection)
+            vectors = await self._vectors(collection, mode, graph, mentions_of(graphs))
+            await self._write(collection, graph, doc_id, info.version, Extracted(graphs, vectors))
+        await self._flush_locked(collection)
         if gone or stale:
             log.warning("graph of %s: %d documents extracted again, %d removed", collection, len(stale), len(gone))
 
@@ -296,12 +407,14 @@ class GraphService:
         await self.require(collection)
         async with self._lock(collection):
             self._graphs.pop(collection, None)
+            self._pending.pop(collection, None)  # extracted again from the stored chunks with the rest
             await self.storage.drop(collection)
         await self.graph(collection)
         return await self.stats(collection)
 
     async def stats(self, collection: str) -> GraphStats:
         await self.require(collection)
+        await self.flush(collection)  # the entity points counted are the graph's
         counts = (await self.graph(collection)).counts()
         return GraphStats(collection=collection, mode=await self.mode(collection), **counts,
                           entity_points=await self.storage.count_entities(collection))

@@ -83,22 +83,21 @@ class GraphStorage:
         found = await self.store.retrieve_companion(collection, KIND, list(ids))
         return {ids[i] for i, _ in found if i in ids}
 
-    async def write_entities(self, collection: str,
-                             entities: Sequence[tuple[str, Mention, Sequence[float]]]) -> None:
-        """(key, mention, vector) as entity points."""
+    async def write_fragments(self, collection: str, fragments: Sequence[Fragment],
+                              entities: Sequence[tuple[str, Mention, Sequence[float]]] = ()) -> None:
+        """Fragments and new entities ((key, mention, vector)) in one write, the entities first: a fragment never
+        names an entity that has no point."""
         await self.store.upsert_companion(collection, KIND, [
-            (entity_id(key), vector, {"kind": ENTITY, "key": key, "name": m.name, "type": m.type,
-                                      "description": m.description})
-            for key, m, vector in entities
+            *((entity_id(key), vector, {"kind": ENTITY, "key": key, "name": m.name, "type": m.type,
+                                        "description": m.description}) for key, m, vector in entities),
+            *((f.chunk_id, None, {"kind": CHUNK, **f.payload()}) for f in fragments),
         ])  # fmt: skip
 
-    async def write_document(self, collection: str, doc_id: str, version: str, fragments: Sequence[Fragment]) -> None:
-        """A document version's fragments in, then every other version's out."""
-        await self.store.upsert_companion(collection, KIND, [
-            (f.chunk_id, None, {"kind": CHUNK, **f.payload()}) for f in fragments
-        ])  # fmt: skip
-        await self.store.delete_companion(collection, KIND, must={"kind": CHUNK, "doc_id": doc_id},
-                                          must_not={"version": version})
+    async def delete_other_versions(self, collection: str, versions: dict[str, str]) -> None:
+        """The fragments of every version but the given one ({doc_id: version}) of these documents."""
+        if versions:
+            await self.store.delete_companion(collection, KIND, must={"kind": CHUNK, "doc_id": list(versions)},
+                                              must_not={"version": list(versions.values())})
 
     async def delete_document(self, collection: str, doc_id: str) -> None:
         await self.store.delete_companion(collection, KIND, must={"kind": CHUNK, "doc_id": doc_id})
