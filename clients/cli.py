@@ -29,7 +29,10 @@ from services.generation.weights.cli import app as weights_app
 
 app = typer.Typer(name="inferag", no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(weights_app, name="weights")
-collections_app = typer.Typer(help="List (default), create or delete collections.", invoke_without_command=True)
+collections_app = typer.Typer(
+    help="List (default), create, delete, snapshot or restore collections; migrate an old store folder.",
+    invoke_without_command=True,
+)
 app.add_typer(collections_app, name="collections")
 graph_app = typer.Typer(help="A collection's knowledge graph: entities, one entity, stats, export.",
                         no_args_is_help=True)
@@ -38,7 +41,12 @@ app.add_typer(graph_app, name="graph")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-UPLOAD_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".html", ".htm", ".pdf"})
+# The types the server reads (services.rag.parsing.EXTENSIONS; a test keeps the two equal).
+UPLOAD_SUFFIXES = frozenset(
+    {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".xhtml", ".pdf", ".docx", ".pptx", ".xlsx", ".odt",
+     ".epub", ".csv", ".tsv", ".eml", ".msg", ".json", ".jsonl", ".ndjson", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
+     ".webp"}
+)  # fmt: skip
 
 Url = Annotated[str | None, typer.Option("--url", envvar="INFERAG_BASE_URL", help="Base URL of the stack.")]
 ApiKey = Annotated[
@@ -137,6 +145,58 @@ def collections_delete(name: str, url: Url = None, api_key: ApiKey = None, json_
     with _errors(json_out), _client(url, api_key) as client:
         deleted = client.collections.delete(name)
     _emit(deleted) if json_out else out.print(f"deleted [bold]{name}[/]")
+
+
+@collections_app.command("snapshot")
+def collections_snapshot(
+    name: str,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default NAME.snapshot.tar.gz).")]
+    = None,
+    url: Url = None, api_key: ApiKey = None, json_out: JsonOut = False,
+) -> None:
+    """Save a snapshot of a collection (chunks, vectors, document registry) to a file."""
+    with _errors(json_out), _client(url, api_key) as client:
+        path = client.collections.snapshot(name, output or Path(f"{name}.snapshot.tar.gz"))
+    size = path.stat().st_size
+    _emit({"collection": name, "file": str(path), "bytes": size}) if json_out else \
+        out.print(f"saved [bold]{name}[/] to {path} ({size / 1e6:.1f} MB)")
+
+
+@collections_app.command("restore")
+def collections_restore(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A snapshot file.")],
+    name: Annotated[str | None, typer.Argument(help="Collection to create (default: the snapshot's).")] = None,
+    url: Url = None, api_key: ApiKey = None, json_out: JsonOut = False,
+) -> None:
+    """Restore a snapshot file as a new collection (on this stack, embedded or on a Qdrant server)."""
+    with _errors(json_out), _client(url, api_key) as client:
+        info = client.collections.restore(file, name)
+    _emit(info) if json_out else out.print(
+        f"restored [bold]{info.name}[/]: {info.documents} documents, {info.points} chunks")
+
+
+@collections_app.command("migrate")
+def collections_migrate(
+    path: Annotated[Path | None, typer.Option("--path", help="Store folder (default: INFERAG_RAG_QDRANT_PATH, "
+                                                             "else <data dir>/qdrant).")] = None,
+) -> None:
+    """Convert a store folder written by an earlier inferag (qdrant-client's local mode) to the embedded Qdrant
+    engine, with the stack stopped. Every point is copied and counted; the old folder is kept as a backup."""
+    from services.rag.settings import RagSettings
+    from services.rag.store import StoreLocked
+    from services.rag.store.embedded import is_local_mode_folder
+    from services.rag.store.snapshots import migrate_local_mode
+
+    folder = (path or Path(RagSettings().store_path())).expanduser()
+    if not is_local_mode_folder(folder):
+        out.print(f"nothing to migrate: {folder} is not an earlier version's store folder")
+        return
+    try:
+        copied = migrate_local_mode(folder, log_line=out.print)
+    except StoreLocked as exc:
+        err.print(f"[red]error[/]: {exc.message}")
+        raise typer.Exit(1) from exc
+    out.print(f"migrated {len(copied)} collections ({sum(copied.values())} points) in {folder}")
 
 
 # ---------------------------------------------------------------- graph
@@ -260,7 +320,8 @@ def ingest(
     api_key: ApiKey = None,
     json_out: JsonOut = False,
 ) -> None:
-    """Upload documents (.txt .md .html .pdf) into a collection, one request per file, with a progress bar."""
+    """Upload documents (text, markdown, HTML, PDF, Office, OpenDocument, EPUB, mail, CSV, JSON, images) into a
+    collection, one request per file, with a progress bar."""
     files = expand_paths(paths)
     if not files:
         err.print("[yellow]no files to ingest[/]")

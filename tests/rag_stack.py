@@ -57,7 +57,7 @@ async def rag_stack(
         GatewaySettings(**shared),
         tiny_settings(tiny_model_dir, **shared),
         EmbeddingsSettings(sparse_model="none", num_threads=1, **shared),
-        RagSettings(qdrant_path=":memory:", **{**shared, **rag}),
+        RagSettings(**{"qdrant_path": ":memory:", **shared, **rag}),
     )
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with gateway.front.router.lifespan_context(gateway.front):

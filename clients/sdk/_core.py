@@ -55,8 +55,16 @@ M = TypeVar("M", bound=BaseModel)
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 300.0
 RETRY_STATUSES = frozenset({429, 503})
-FILE_TYPES = {".txt": "text/plain", ".md": "text/markdown", ".html": "text/html", ".htm": "text/html"}
-FILE_TYPES[".pdf"] = "application/pdf"
+# Content types sent with uploads (the server decides by the bytes; these are for proxies and logs).
+FILE_TYPES = {
+    ".txt": "text/plain", ".md": "text/markdown", ".html": "text/html", ".htm": "text/html", ".pdf": "application/pdf",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ".pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ".odt": "application/vnd.oasis.opendocument.text", ".epub": "application/epub+zip", ".csv": "text/csv",
+    ".eml": "message/rfc822", ".msg": "application/vnd.ms-outlook", ".json": "application/json",
+    ".jsonl": "application/jsonl", ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+}  # fmt: skip
 
 DocumentLike = str | DocumentIn | Mapping[str, Any]
 MessageLike = Message | Mapping[str, str]
@@ -120,6 +128,25 @@ def delete_collection(name: str) -> Call[Deleted]:
     return Call("DELETE", f"/rag/collections/{_seg(name)}", _model(Deleted))
 
 
+def snapshot_collection(name: str, target: FileLike) -> Call[Path]:
+    """Writes the snapshot file to `target`."""
+
+    def save(response: httpx.Response) -> Path:
+        path = Path(target)
+        path.write_bytes(response.content)
+        return path
+
+    return Call("POST", f"/rag/collections/{_seg(name)}/snapshot", save)
+
+
+def restore_collection(source: FileLike, name: str | None = None) -> Call[CollectionInfo]:
+    """Reads the file now (blocking; the async client runs this in a thread)."""
+    path = Path(source)
+    files = [("file", (path.name, path.read_bytes(), "application/gzip"))]
+    return Call("POST", "/rag/collections/restore", _model(CollectionInfo), files=files,
+                data={"name": name} if name else None, idempotent=False)
+
+
 def _ingested(response: httpx.Response) -> IngestResult | Job:
     body = response.json()
     if response.status_code == 202 or body.get("object") == "job":
@@ -160,6 +187,7 @@ def upload(
     metadata: Mapping[str, Any] | None = None,
     chunking: Mapping[str, Any] | None = None,
     background: bool | None = None,
+    text_field: str | None = None,
 ) -> Call[IngestResult | Job]:
     """Reads the files now (blocking; the async client runs this in a thread)."""
     import json
@@ -177,6 +205,8 @@ def upload(
         data["chunking"] = json.dumps(dict(chunking))
     if background is not None:
         data["background"] = "true" if background else "false"
+    if text_field is not None:
+        data["text_field"] = text_field
     route = f"/rag/collections/{_seg(collection)}/documents"
     return Call("POST", route, _ingested, files=files, data=data, idempotent=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -91,6 +92,15 @@ class AsyncCollections:
     async def delete(self, name: str) -> Deleted:
         return await self._c._request(_core.delete_collection(name))
 
+    async def snapshot(self, name: str, path: FileLike | None = None) -> Path:
+        """Save a snapshot of the collection to `path` (default `<name>.snapshot.tar.gz` here); returns the path."""
+        call = _core.snapshot_collection(name, path or f"{name}.snapshot.tar.gz")
+        return await self._c._request(call)
+
+    async def restore(self, path: FileLike, name: str | None = None) -> CollectionInfo:
+        """Restore a snapshot file as a new collection (`name`, default the snapshot's)."""
+        return await self._c._request(await asyncio.to_thread(_core.restore_collection, path, name))
+
 
 class AsyncDocuments:
     def __init__(self, client: AsyncInferagClient):
@@ -116,11 +126,15 @@ class AsyncDocuments:
         metadata: Mapping[str, Any] | None = None,
         chunking: Mapping[str, Any] | None = None,
         background: bool | None = None,
+        text_field: str | None = None,
     ) -> IngestResult | Job:
+        """Upload files of any supported type (README: formats) as multipart; `metadata` applies to each,
+        `text_field` names the text of JSON records."""
         # Reading the files blocks: off the event loop.
         call = await asyncio.to_thread(
-            _core.upload, collection, paths, metadata=metadata, chunking=chunking, background=background
-        )
+            _core.upload, collection, paths, metadata=metadata, chunking=chunking, background=background,
+            text_field=text_field,
+        )  # fmt: skip
         return await self._c._request(call)
 
     async def list(self, collection: str, *, limit: int | None = None, offset: int | None = None) -> DocumentList:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -90,6 +91,14 @@ class Collections:
     def delete(self, name: str) -> Deleted:
         return self._c._request(_core.delete_collection(name))
 
+    def snapshot(self, name: str, path: FileLike | None = None) -> Path:
+        """Save a snapshot of the collection to `path` (default `<name>.snapshot.tar.gz` here); returns the path."""
+        return self._c._request(_core.snapshot_collection(name, path or f"{name}.snapshot.tar.gz"))
+
+    def restore(self, path: FileLike, name: str | None = None) -> CollectionInfo:
+        """Restore a snapshot file as a new collection (`name`, default the snapshot's)."""
+        return self._c._request(_core.restore_collection(path, name))
+
 
 class Documents:
     def __init__(self, client: InferagClient):
@@ -116,9 +125,13 @@ class Documents:
         metadata: Mapping[str, Any] | None = None,
         chunking: Mapping[str, Any] | None = None,
         background: bool | None = None,
+        text_field: str | None = None,
     ) -> IngestResult | Job:
-        """Upload files (.txt .md .html .pdf) as multipart; `metadata` applies to each of them."""
-        call = _core.upload(collection, paths, metadata=metadata, chunking=chunking, background=background)
+        """Upload files of any supported type (README: formats) as multipart; `metadata` applies to each,
+        `text_field` names the text of JSON records."""
+        call = _core.upload(
+            collection, paths, metadata=metadata, chunking=chunking, background=background, text_field=text_field
+        )
         return self._c._request(call)
 
     def list(self, collection: str, *, limit: int | None = None, offset: int | None = None) -> DocumentList:

@@ -23,7 +23,7 @@ from .retrieval import GRAPH_MODES
 from .router import caller, get_rag, router
 from .service import KnowledgeBase, Links, RagService, http_links
 from .settings import RagSettings
-from .store import StoreLocked, check_folder_free
+from .store import StoreLocked, StoreNeedsMigration, check_folder_free
 from .types import RetrievalMode
 
 
@@ -94,12 +94,13 @@ def build_app(
 
 
 def refuse_locked_store(settings: RagSettings) -> None:
-    """Exit with a one-line message when another process holds the embedded store (not a traceback later)."""
+    """Exit with a one-line message when another process holds the embedded store, or when its folder is a
+    previous version's that `inferag collections migrate` must convert first (not a traceback later)."""
     if settings.qdrant_url:
         return
     try:
         check_folder_free(settings.store_path())
-    except StoreLocked as exc:
+    except (StoreLocked, StoreNeedsMigration) as exc:
         raise SystemExit(f"error: {exc.message}") from None
 
 

@@ -71,10 +71,24 @@ class DocumentIn(_Strict):
     id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
         None, description="Default: derived from the content hash, so the same text is the same document."
     )
-    text: str
+    text: str | None = Field(None, description="The document's text; or give `url`.")
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = Field(
+        None,
+        description="A web page (or file) to fetch over http(s) and convert by its content; `source` defaults to it "
+        "and the id to one derived from it. Non-public addresses are refused unless INFERAG_RAG_FETCH_ALLOW_NETWORKS "
+        "holds them.",
+    )
     format: DocumentFormat = "text"
     source: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _text_or_url(self) -> DocumentIn:
+        if (self.text is None) == (self.url is None):
+            raise ValueError("give exactly one of 'text' or 'url'")
+        if self.url is not None and self.source is not None:
+            raise ValueError("a url document's source is its URL: leave 'source' out")
+        return self
 
 
 class IngestRequest(_Strict):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,8 +15,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
 from services.common.auth import ANONYMOUS, Principal
@@ -28,7 +30,7 @@ from services.generation.protocol import ChatCompletionRequest
 
 from .ingest import Upload
 from .metrics import Timings
-from .parsing import EXTENSIONS, ParsedDocument, html_text, parse_upload
+from .parsing import ParsedDocument, check_url, fetch_options, html_markdown, kind_of, parse_options
 from .protocol import (
     ChunkRequest,
     ChunkResponse,
@@ -36,6 +38,7 @@ from .protocol import (
     CollectionList,
     Deleted,
     DocumentDetail,
+    DocumentIn,
     DocumentList,
     IngestRequest,
     IngestResult,
@@ -111,6 +114,41 @@ async def delete_collection(name: str, request: Request, rag: Rag) -> Deleted:
     return Deleted(id=name, object="collection")
 
 
+_SNAPSHOT_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/gzip": {}}, "description": "The snapshot file."}}
+
+
+@router.post("/rag/collections/{name}/snapshot", response_class=Response,
+             responses={**_SNAPSHOT_RESPONSE, **_ERRORS}, tags=["rag"])
+async def snapshot_collection(name: str, request: Request, rag: Rag) -> Response:
+    """A snapshot of the collection (its chunks, document registry and companions): a tar of Qdrant shard
+    snapshots, for backups and for moving a collection to another machine (`/rag/collections/restore`)."""
+    caller(request).check(name, write=True)
+    target = await rag.snapshot_file(name)
+    return FileResponse(target, media_type="application/gzip", filename=target.name,
+                        background=BackgroundTask(shutil.rmtree, target.parent, ignore_errors=True))
+
+
+@router.post("/rag/collections/restore", response_model=CollectionInfo, responses=_BODY_ERRORS, tags=["rag"],
+             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                 "type": "object", "required": ["file"],
+                 "properties": {"file": {"type": "string", "format": "binary"},
+                                "name": {"type": "string", "description": "Default: the snapshot's collection."}},
+             }}}}})
+async def restore_collection(request: Request, rag: Rag) -> CollectionInfo:
+    """A new collection from a snapshot file (409 if the name is taken)."""
+    who = caller(request)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest("Send the snapshot as a multipart 'file' part.", param="file")
+    form = await request.form(max_files=1)
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequest("Send the snapshot as a multipart 'file' part.", param="file")
+    asked = form.get("name")
+    return await rag.restore_snapshot(upload.file, asked if isinstance(asked, str) and asked else None,
+                                      check=lambda name: who.check(name, write=True))
+
+
 # ---------------------------------------------------------------- documents
 
 
@@ -142,6 +180,11 @@ _INGEST_BODY = {
                         "doc_ids": {"type": "string", "description": "JSON list of ids, one per file."},
                         "metadata": {"type": "string", "description": "JSON object added to every file's metadata."},
                         "chunking": {"type": "string", "description": "JSON chunking parameters."},
+                        "text_field": {
+                            "type": "string",
+                            "description": "JSON/JSONL files: the field holding the "
+                            "text (default: text, content, body...); the others become metadata.",
+                        },
                         "background": {"type": "string", "enum": ["true", "false"]},
                     },
                 }
@@ -164,7 +207,7 @@ def _json_field(form: Any, name: str, expected: type) -> Any:
     return value
 
 
-async def _uploads(request: Request) -> tuple[list[Upload], dict[str, Any] | None, bool | None]:
+async def _uploads(request: Request, rag: RagService) -> tuple[list[Upload], dict[str, Any] | None, bool | None]:
     form = await request.form(max_files=10_000)
     files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
     if not files:
@@ -175,12 +218,13 @@ async def _uploads(request: Request) -> tuple[list[Upload], dict[str, Any] | Non
     metadata = _json_field(form, "metadata", dict)
     chunking = _json_field(form, "chunking", dict)
     background = form.get("background")
+    text_field = form.get("text_field")
+    options = parse_options(rag.settings, text_field=str(text_field) if text_field else None)
     uploads = []
     for i, f in enumerate(files):
         name = f.filename or "upload.txt"
-        if not any(name.lower().endswith(ext) for ext in EXTENSIONS):
-            parse_upload(name, b"")  # raises the 415 with the supported list
-        uploads.append(Upload(name, await f.read(), ids[i] if ids else None, metadata))
+        kind_of(name)  # an unsupported name is 415 before any file is read
+        uploads.append(Upload(name, await f.read(), ids[i] if ids else None, metadata, options))
     return uploads, chunking, None if background in (None, "") else str(background).lower() == "true"
 
 
@@ -195,12 +239,14 @@ async def _uploads(request: Request) -> tuple[list[Upload], dict[str, Any] | Non
     tags=["rag"],
 )
 async def ingest(name: str, request: Request, rag: Rag) -> Response:
-    """Ingest JSON documents or uploaded files (.txt .md .html .pdf); large ones run as a job (202)."""
+    """Ingest JSON documents (text, or a `url` to fetch) or uploaded files of any supported type (see the
+    README's formats table); large ones run as a job (202)."""
     caller(request).check(name, write=True)
     size = int(request.headers.get("content-length") or 0)
-    items: list[ParsedDocument] | list[Upload]
+    items: list[ParsedDocument | Upload]
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        items, chunking, background = await _uploads(request)
+        uploads, chunking, background = await _uploads(request, rag)
+        items = list(uploads)
     else:
         try:
             body = IngestRequest.model_validate_json(await request.body())
@@ -208,26 +254,36 @@ async def ingest(name: str, request: Request, rag: Rag) -> Response:
             # the same 400 body as every request FastAPI validates itself
             raise RequestValidationError(exc.errors()) from None
         chunking, background = body.chunking, body.background
-        items = [_document(d.text, d.format, d.source, d.metadata, d.id) for d in body.documents]
+        items = [await _json_item(i, d, rag) for i, d in enumerate(body.documents)]
     if background is None:
         background = size > rag.settings.background_threshold_bytes or len(items) > 16
     if background:
         await rag.ingestor.ensure_collection(name)
-        job = rag.jobs.submit(name, list(items), chunking)
+        job = await rag.jobs.submit(name, items, chunking)
         return JSONResponse(job.model_dump(mode="json"), status_code=202)
-    # PDF text extraction is CPU work: off the event loop
-    docs = [await asyncio.to_thread(u.parse) if isinstance(u, Upload) else u for u in items]
+    # parsing (PDF text, OCR, fetching a page) blocks: off the event loop
+    docs = [doc for item in items for doc in (await asyncio.to_thread(item.parse) if isinstance(item, Upload)
+                                               else [item])]  # fmt: skip
     result = await rag.ingestor.ingest(name, docs, chunking)
     return JSONResponse(result.model_dump(mode="json"))
+
+
+async def _json_item(index: int, d: DocumentIn, rag: RagService) -> ParsedDocument | Upload:
+    """A JSON document, or for a `url` one the fetch to make (its address checked now, so a refusal is a 400)."""
+    if d.url is None:
+        return _document(d.text or "", d.format, d.source, d.metadata, d.id)
+    fetching = fetch_options(rag.settings)
+    await asyncio.to_thread(check_url, d.url, fetching, f"documents.{index}.url")
+    return Upload(d.url, b"", d.id, d.metadata, parse_options(rag.settings), url=d.url, fetch=fetching)
 
 
 def _document(
     text: str, fmt: str, source: str | None = None, metadata: dict[str, Any] | None = None, doc_id: str | None = None
 ) -> ParsedDocument:
-    """A JSON document ready for chunking (HTML turned into its text, its title into metadata)."""
+    """A JSON document ready for chunking (HTML turned into markdown, its title into metadata)."""
     if fmt == "html":
-        text, extra = html_text(text)
-        metadata = {**extra, **(metadata or {})}
+        text, extra = html_markdown(text)
+        return ParsedDocument(text, "markdown", source, {**extra, **(metadata or {})}, doc_id)
     return ParsedDocument(text, fmt, source, metadata or {}, doc_id)
 
 
@@ -265,13 +321,13 @@ async def delete_document(name: str, doc_id: str, request: Request, rag: Rag) ->
 @router.get("/rag/jobs", response_model=JobList, responses=_LIST_ERRORS, tags=["rag"])
 async def list_jobs(request: Request, rag: Rag) -> JobList:
     who = caller(request)
-    return JobList(data=[j for j in rag.jobs.all() if who.can(j.collection)])
+    return JobList(data=[j for j in await rag.jobs.all() if who.can(j.collection)])
 
 
 @router.get("/rag/jobs/{job_id}", response_model=Job, responses=_ERRORS, tags=["rag"])
 async def get_job(job_id: str, request: Request, rag: Rag) -> Job:
     """Progress of a background ingestion: documents and chunks done, errors per file."""
-    job = rag.jobs.get(job_id)
+    job = await rag.jobs.get(job_id)
     caller(request).check(job.collection)
     return job
 
@@ -283,7 +339,7 @@ async def get_job(job_id: str, request: Request, rag: Rag) -> Job:
 async def chunk(body: ChunkRequest, rag: Rag) -> ChunkResponse:
     """Chunks of a text as ingestion would make them, without storing anything."""
     doc = _document(body.text, body.format)
-    params = rag.ingestor.chunking(body.chunking, body.format)
+    params = rag.ingestor.chunking(body.chunking, doc.format)
     chunks = await rag.chunker.chunk(doc.text, params)
     return ChunkResponse(data=chunks, strategy=params.strategy, max_tokens=rag.chunker.max_tokens)
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -33,6 +36,7 @@ from .metrics import RagMetrics
 from .retrieval import Retriever
 from .settings import RagSettings
 from .store import VectorStore, open_store
+from .store.snapshots import snapshot_collection_name
 from .types import CollectionInfo, DocumentInfo, Hit, RetrievalMode, StoredChunk
 
 log = logging.getLogger(__name__)
@@ -157,6 +161,9 @@ class RagService:
             path=settings.store_path(),
             shard_number=settings.qdrant_shard_number,
             replication_factor=settings.qdrant_replication_factor,
+            recover_interval_s=settings.store_recover_interval,
+            optimize_idle_s=settings.store_optimize_idle,
+            optimize_min_points=settings.store_optimize_min_points,
         )
         try:
             chunker = await asyncio.to_thread(_chunker, links.embeddings)
@@ -164,6 +171,34 @@ class RagService:
             await store.close()
             raise
         return cls(settings, store, links, chunker, metrics)
+
+    def _scratch(self, prefix: str) -> Path:
+        """A fresh folder for snapshot files and uploads, under the data folder (the store's disk)."""
+        root = Path(self.settings.data_dir) / "snapshots"
+        root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+
+    async def snapshot_file(self, collection: str) -> Path:
+        """A snapshot file of `collection` in a folder of its own (the caller removes the folder)."""
+        folder = await asyncio.to_thread(self._scratch, "snapshot-")
+        try:
+            return await self.store.snapshot(collection, folder / f"{collection}.snapshot.tar.gz")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    async def restore_snapshot(self, upload: BinaryIO, name: str | None,
+                               check: Callable[[str], None]) -> CollectionInfo:
+        """A new collection from an uploaded snapshot file; `check(name)` may refuse the name first."""
+        folder = await asyncio.to_thread(self._scratch, "restore-")
+        try:
+            source = folder / "upload.snapshot.tar.gz"
+            await asyncio.to_thread(_spool, upload, source)
+            target: str = name if name else await asyncio.to_thread(snapshot_collection_name, source)
+            check(target)
+            return await self.store.restore(source, target)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def chat_model(self, model: str, **kwargs: Any) -> Any:
         """LangChain's ChatOpenAI on the generation service (in-process or remote), for the agent."""
@@ -187,6 +222,11 @@ class RagService:
         await self.graph.close()
         await self.store.close()
         await self.links.aclose()
+
+
+def _spool(upload: BinaryIO, target: Path) -> None:
+    with open(target, "wb") as out:
+        shutil.copyfileobj(upload, out, 1 << 20)
 
 
 def _chunker(embeddings: Embeddings) -> Chunker:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import CommonSettings
@@ -31,7 +33,18 @@ class RagSettings(CommonSettings):
         None, ge=1, description="Copies of each shard on a Qdrant cluster (server default: 1)."
     )
     qdrant_path: str | None = Field(
-        None, description="Folder of the embedded store (one process at a time); default <data_dir>/qdrant; ':memory:'."
+        None,
+        description="Folder of the embedded store (Qdrant's engine, a shard folder per collection; one process "
+        "at a time); default <data_dir>/qdrant; ':memory:' a temporary one.",
+    )
+    store_recover_interval: float = Field(
+        60, ge=0, description="Seconds between background recoveries of interrupted writes (0: only at start)."
+    )
+    store_optimize_idle: float = Field(
+        10, ge=0, description="Embedded: build a collection's HNSW index once it has had no write for this long."
+    )
+    store_optimize_min_points: int = Field(
+        20_000, ge=0, description="Embedded: ... and has at least this many unindexed points (fewer: brute force)."
     )
     embeddings_url: str | None = Field(
         None, description="Embeddings service URL (e.g. http://embeddings:8001); unset: its models in this process."
@@ -79,6 +92,48 @@ class RagSettings(CommonSettings):
     graph_llm_model: str | None = Field(None, description="Model of the llm extractor; default: the answering one.")
     graph_llm_concurrency: int = Field(4, ge=1, description="Chunks the llm extractor sends at once.")
     graph_llm_max_tokens: int = Field(1024, ge=64, description="Reply budget of one llm extraction.")
+
+    # ---- parsing (services/rag/parsing): bounds, OCR, web pages
+    max_expanded_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes an uploaded archive (.docx .xlsx .epub...) may unpack to: 413 over (zip bombs).",
+    )
+    max_document_chars: int = Field(20_000_000, ge=1000, description="Most characters of text one file may yield: 413.")
+    max_document_pages: int = Field(2000, ge=1, description="Most pages (PDF) or slides one file may have: 413.")
+    max_records: int = Field(
+        100_000, ge=1, description="Most records of a JSON/CSV file, parts of an archive, attachments of a mail: 413."
+    )
+    table_rows: int = Field(
+        20,
+        ge=1,
+        description="Tables with more rows are written row by row, each row naming its columns (chunks "
+        "of a long sheet keep their header).",
+    )
+    ocr: bool = Field(True, description="OCR the PDF pages without a text layer, and image files.")
+    ocr_engine: Literal["auto", "tesseract", "rapidocr"] = Field(
+        "auto", description="auto: Tesseract when installed (tesseract-ocr + language data), else RapidOCR."
+    )
+    ocr_languages: str = Field("fra+eng", description="Tesseract languages, first preferred (e.g. 'eng', 'fra+eng').")
+    ocr_dpi: int = Field(200, ge=72, le=600, description="Resolution PDF pages are rendered at for OCR.")
+    ocr_max_pages: int = Field(200, ge=1, description="Most pages of one file to OCR: 413 over.")
+    ocr_workers: int = Field(1, ge=1, description="Pages OCR'd at once across the service (one core each).")
+    max_image_pixels: int = Field(60_000_000, ge=1, description="Largest image (width x height) to OCR: 413 over.")
+    fetch_allow_networks: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) where URL documents may point although they are not public (loopback, private, "
+        "link-local), e.g. '[\"10.0.0.0/8\"]'; empty: only public addresses are fetched (SSRF guard).",
+    )
+    fetch_timeout: float = Field(20, gt=0, description="Seconds a URL document's fetch may take, redirects included.")
+    fetch_max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest page a URL document may be: 413.")
+    fetch_max_redirects: int = Field(5, ge=0, description="Redirects followed per URL document (each hop checked).")
+
+    @field_validator("fetch_allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # a ValueError names the bad one
+        return value
 
     def store_path(self) -> str:
         return self.qdrant_path or str(Path(self.data_dir) / "qdrant")

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests import documents as make
 from tests.e2e.stack import BASE_ENV, DOCS
 from tests.servers import REPO_ROOT, free_port, running
 
@@ -78,6 +79,29 @@ def test_ingest_glob_and_background(base: str, tmp_path: Path) -> None:
     assert len(report["files"]) == 2 and report["failed"] == 0
     missing = inferag(base, "ingest", str(tmp_path / "nope"), "-c", "cli-glob", ok=False)
     assert missing.returncode != 0 and "no such file" in missing.stderr
+
+
+def test_ingest_a_folder_of_every_type(base: str, tmp_path: Path) -> None:
+    files = {
+        "a.docx": make.docx_file("Doc", ["Word text about herons."], [["k", "v"], ["1", "2"]]),
+        "b.pptx": make.pptx_file([("Deck", "Slide text about egrets.", "Notes on storks.")]),
+        "c.xlsx": make.xlsx_file({"S": [["bird", "count"], ["crane", 3]]}),
+        "d.epub": make.epub_file("Book", [("One", "Book text about ibises.")]),
+        "e.odt": make.odt_file("Odt", ["Odt text about spoonbills."]),
+        "f.eml": make.eml_file("Birds", "Mail text about flamingos.", []),
+        "g.csv": b"bird,wing\nswan,long\n",
+        "h.jsonl": make.jsonl_file([{"text": "Record text about pelicans."}]),
+        "i.pdf": make.text_pdf([["PDF text about cormorants."]]),
+        "j.png": make.page_image(["Image text about puffins."]),
+        "k.msg": make.msg_file("Birds", "Outlook text about gannets.", []),
+    }
+    (tmp_path / "docs" / "deep").mkdir(parents=True)
+    for name, data in files.items():
+        (tmp_path / "docs" / ("deep" if name < "f" else ".") / name).write_bytes(data)
+    (tmp_path / "docs" / "skip.bin").write_bytes(b"\x00")
+    report = as_json(inferag(base, "ingest", str(tmp_path / "docs"), "-c", "cli-types", "--json"))
+    assert sorted(Path(f["path"]).name for f in report["files"]) == sorted(files), report
+    assert report["failed"] == 0, report
 
 
 def test_ask_prints_answer_and_sources(base: str, kb: str) -> None:

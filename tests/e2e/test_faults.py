@@ -112,13 +112,13 @@ def check_store_whole(base: str, collection: str, cache: dict[str, list[Any]]) -
 
 def raw_point_count(folder: Path, collection: str) -> int:
     """Every point of the collection in the store's folder, staged or live (the server must be stopped)."""
-    from qdrant_client import QdrantClient
+    from services.rag.store.embedded import EmbeddedBackend
 
-    client = QdrantClient(path=str(folder))
+    backend = EmbeddedBackend(folder)
     try:
-        return client.count(collection, exact=True).count
+        return backend.count(collection)
     finally:
-        client.close()
+        backend.close()
 
 
 def test_sigkill_during_ingestion_leaves_whole_documents_and_the_job_reruns_idempotently(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests import documents as make
 from tests.e2e.stack import stack
 from tests.servers import REPO_ROOT
 
@@ -124,3 +125,18 @@ def test_graph_picture_behind_an_answer(page: Any) -> None:
     assert "World" in " ".join(labels) or "Eiffel" in " ".join(labels), labels
     assert picture.locator("circle.matched").count() >= 1  # an entity the question names
     page.select_option("#mode", "hybrid")
+
+
+def test_upload_form_takes_office_files(base: str, page: Any, tmp_path: Path) -> None:
+    page.goto(base + "/playground")
+    page.fill("#api-key", KEY)
+    page.dispatch_event("#api-key", "change")
+    accepted = page.get_attribute("#file", "accept") or ""
+    assert {".docx", ".pptx", ".xlsx", ".epub", ".eml", ".png"} <= set(accepted.split(","))
+    files = [tmp_path / "plan.docx", tmp_path / "figures.xlsx"]
+    files[0].write_bytes(make.docx_file("Plan", ["The bridge opens in June."], [["Step", "Month"], ["Open", "June"]]))
+    files[1].write_bytes(make.xlsx_file({"Budget": [["Item", "Cost"], ["Steel", 1200]]}))
+    page.fill("#upload-collection", "web-office")
+    page.set_input_files("#file", [str(f) for f in files])
+    page.click("#upload-btn")
+    sync_api.expect(page.locator("#upload-status")).to_contain_text("Ingested 2 file(s) into web-office")

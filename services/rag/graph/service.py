@@ -31,10 +31,9 @@ log = logging.getLogger(__name__)
 EXPORT_FORMATS = ("graphml", "json")
 # On a Qdrant server, how often a process checks whether another replica changed a graph it holds.
 REFRESH_S = 2.0
-# Graph writes wait to be written together (every write to embedded Qdrant is a commit, ~0.2 s here): until the
-# ingestion request ends, this many points are waiting, or this long has passed.
+# Graph writes wait to be written together (every write to embedded Qdrant is a commit): until the batch of
+# documents is stored, or this many points are waiting.
 FLUSH_POINTS = 1024
-FLUSH_DELAY_S = 2.0
 
 
 class Extractor(Protocol):
@@ -154,7 +153,6 @@ class GraphService:
         self._markers: dict[str, str | None] = {}  # the marker each held graph was loaded at or last written
         self._checked: dict[str, float] = {}
         self._pending: dict[str, _Pending] = {}
-        self._flushers: dict[str, asyncio.Task[None]] = {}
 
     @classmethod
     def build(cls, store: Any, embedder: Embed, *, keyphrases: int = 8, llm: Extractor | None = None,
@@ -222,18 +220,23 @@ class GraphService:
         vectors = await self.embedder.embed([_entity_text(mentions[k], described) for k in new])
         return dict(zip(new, vectors, strict=True))
 
-    async def document_stored(self, collection: str, info: DocumentInfo, extracted: Extracted | None) -> None:
-        """Put a stored document version's graph in place of its old one (None: the collection has no graph)."""
-        if extracted is None:
-            return
-        key = (collection, info.doc_id)
-        self._writing.add(key)
+    async def documents_stored(self, collection: str, stored: Sequence[tuple[DocumentInfo, int]],
+                               extracted: Extracted) -> None:
+        """Put the stored documents' graphs in place of their old ones and write them together: `stored` is
+        (the version written, its number of chunks) in the order of the texts `extract` was given."""
+        keys = {(collection, info.doc_id) for info, _ in stored}
+        self._writing |= keys
         try:
             graph = await self.graph(collection)
             async with self._lock(collection):
-                await self._write(collection, graph, info.doc_id, info.version, extracted)
+                at = 0
+                for info, n in stored:
+                    part = Extracted(extracted.graphs[at:at + n], extracted.vectors)
+                    await self._write(collection, graph, info.doc_id, info.version, part)
+                    at += n
+                await self._flush_locked(collection)
         finally:
-            self._writing.discard(key)
+            self._writing -= keys
 
     async def _write(self, collection: str, graph: CollectionGraph, doc_id: str, version: str,
                      extracted: Extracted) -> None:
@@ -252,16 +255,6 @@ class GraphService:
         pending.orphans |= graph.replace_document(doc_id, fragments)
         if pending.points() >= FLUSH_POINTS:
             await self._flush_locked(collection)
-        elif collection not in self._flushers:
-            self._flushers[collection] = asyncio.create_task(self._flush_later(collection))
-
-    async def _flush_later(self, collection: str) -> None:
-        await asyncio.sleep(FLUSH_DELAY_S)
-        self._flushers.pop(collection, None)
-        try:
-            await self.flush(collection)
-        except Exception:  # kept: the next write or flush tries again, and a load mends what never lands
-            log.exception("graph of %s: writing to the store failed", collection)
 
     async def flush(self, collection: str) -> None:
         """Write the collection's waiting graph writes now (an ingestion request does before it answers)."""
@@ -319,9 +312,6 @@ class GraphService:
         """Forget the in-process graph and its waiting writes (the store drops the companion with the collection)."""
         self._graphs.pop(collection, None)
         self._pending.pop(collection, None)
-        flusher = self._flushers.pop(collection, None)
-        if flusher is not None:
-            flusher.cancel()
 
     async def close(self) -> None:
         """Write every waiting graph write (the service is stopping)."""
@@ -330,8 +320,6 @@ class GraphService:
                 await self.flush(collection)
             except Exception:  # a load mends it
                 log.exception("graph of %s: writing to the store failed", collection)
-        for flusher in list(self._flushers.values()):
-            flusher.cancel()
 
     # ------------------------------------------------------------ the in-process graph
 

@@ -1,0 +1,280 @@
+"""The write-ahead document protocol: documents replaced whole, by several writers at once, across crashes.
+
+Each collection has a document registry (the hidden collection `_docs__<name>`), one point per
+document naming its committed `version`. A write of a batch of documents (one request) is:
+
+1. **stage**: every chunk point of every new version goes in with `state: staged`; readers skip them.
+2. **commit**: each registry entry moves to its new version with a compare-and-set (Qdrant's
+   conditional upsert: replace only if the entry still names the version this writer read; insert
+   only if there was none). A writer that lost the race re-reads and tries again, so concurrent
+   writers of one document (other replicas, other tasks) commit in some order, each whole. The
+   entry records the versions it supersedes (`previous`) and `published: false`. From here on the
+   new version is the document.
+3. **publish**: the new versions' points turn `live`, the superseded versions' points go, and the
+   entries are marked `published` (again only where they still name the version written).
+
+Each version is deleted by the publish of the version that superseded it, and by nobody else, so
+no interleaving of two writers' steps deletes a committed version (the fault of the earlier
+protocol, which deleted "every version but mine"). A crash leaves either staged points that no
+entry names (deleted by recovery) or an unpublished entry (published again by recovery, which is
+idempotent: any process may finish any writer's publish). Readers keep only points of the
+registry's version, so nobody sees two versions of a document or half of one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from qdrant_client import models
+
+from services.common.errors import InvalidRequest
+
+from ..types import Chunk, DocumentInfo
+from .backend import Backend, Point, Record, SparseVector, payload_of
+from .filters import LIVE, STAGED, match
+
+REGISTRY_PREFIX = "_docs__"
+DENSE = "dense"
+SPARSE = "sparse"
+UPSERT_BATCH = 256
+SCROLL_PAGE = 1024
+# Attempts of the compare-and-set before a writer gives up (only sustained contention gets there).
+COMMIT_ATTEMPTS = 20
+_NAMESPACE = uuid.UUID("5b7c1f0e-8d6a-4c1e-9a51-3f2f6f1e4a20")
+
+
+def registry_name(collection: str) -> str:
+    """The hidden collection holding `collection`'s document registry."""
+    return f"{REGISTRY_PREFIX}{collection}"
+
+
+def chunk_point_id(doc_id: str, version: str, chunk_index: int) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"chunk\x00{doc_id}\x00{version}\x00{chunk_index}"))
+
+
+def document_point_id(doc_id: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"doc\x00{doc_id}"))
+
+
+def new_version() -> str:
+    """A fresh, unique version: creation time (ms, hex) first, so recovery can tell its age."""
+    return f"{time.time_ns() // 1_000_000:x}-{uuid.uuid4().hex[:12]}"
+
+
+def version_age_s(version: str) -> float:
+    try:
+        created_ms = int(version.split("-", 1)[0], 16)
+    except ValueError:
+        return math.inf
+    return time.time() - created_ms / 1000
+
+
+@dataclass
+class Staged:
+    """A new version of a document, built and checked, not written yet."""
+
+    info: DocumentInfo
+    points: list[Point]
+
+
+def build(collection: str, *, dimension: int, embed_model: str, sparse_model: str | None, doc_id: str,
+          source: str | None, metadata: dict[str, Any] | None, chunks: Sequence[Chunk],
+          dense: Sequence[Sequence[float]], sparse: Sequence[Any] | None, version: str | None = None) -> Staged:
+    """The staged points of a new version of a document and its registry entry (inputs checked)."""
+    if not isinstance(doc_id, str) or not doc_id or len(doc_id) > 512:
+        raise InvalidRequest("A document id must be a non-empty string of at most 512 characters.", param="doc_id")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidRequest("Document metadata must be an object.", param="metadata")
+    if len(dense) != len(chunks):
+        raise InvalidRequest(f"{len(chunks)} chunks but {len(dense)} dense vectors.", param="dense")
+    for vector in dense:
+        if len(vector) != dimension:
+            raise InvalidRequest(f"The collection '{collection}' holds {dimension}-dimensional vectors "
+                                 f"({embed_model}); got {len(vector)}.", param="dense")
+    if sparse_model:
+        if sparse is None or len(sparse) != len(chunks):
+            raise InvalidRequest(f"The collection '{collection}' needs one sparse vector per chunk "
+                                 f"({sparse_model}).", param="sparse")
+    elif sparse:
+        raise InvalidRequest(f"The collection '{collection}' has no sparse vectors.", param="sparse")
+    version = version or new_version()
+    user_metadata = dict(metadata or {})
+    points = []
+    for index, chunk in enumerate(chunks):
+        sparse_vectors = {}
+        if sparse_model and sparse is not None:
+            sparse_vectors[SPARSE] = SparseVector(list(sparse[index].indices), [float(v) for v in sparse[index].values])
+        payload = {
+            "doc_id": doc_id,
+            "chunk_index": index,
+            "text": chunk.text,
+            "start": chunk.start,
+            "end": chunk.end,
+            "tokens": chunk.tokens,
+            "source": source,
+            # the chunker's extras (headings...) under the document's own metadata, which wins
+            "metadata": {**chunk.metadata, **user_metadata},
+            "version": version,
+            "state": STAGED,
+        }
+        points.append(Point(id=chunk_point_id(doc_id, version, index), payload=payload,
+                            dense={DENSE: [float(x) for x in dense[index]]}, sparse=sparse_vectors))
+    info = DocumentInfo(doc_id=doc_id, source=source, chunks=len(chunks),
+                        characters=max((chunk.end for chunk in chunks), default=0), metadata=user_metadata,
+                        version=version, ingested_at=round(time.time(), 3))  # ms: floats round-trip exactly
+    return Staged(info=info, points=points)
+
+
+def document_info(record: Record) -> DocumentInfo:
+    p = payload_of(record)
+    return DocumentInfo(doc_id=p["doc_id"], source=p.get("source"), chunks=p.get("chunks", 0),
+                        characters=p.get("characters", 0), metadata=p.get("metadata") or {},
+                        version=p["version"], ingested_at=p.get("ingested_at", 0.0))
+
+
+def _versions_filter(versions: Sequence[str]) -> models.Filter:
+    return models.Filter(must=[models.FieldCondition(key="version", match=models.MatchAny(any=list(versions)))])
+
+
+def _entries_at(pairs: Sequence[tuple[str, str]]) -> models.Filter:
+    """Registry entries (point id, version): each matches only while it names that version.
+
+    One id condition and one any-of on `version` (indexed) rather than a clause per entry: versions are
+    unique to their document, so an entry matches exactly when it still names its own version.
+    """
+    return models.Filter(must=[models.HasIdCondition(has_id=[point_id for point_id, _ in pairs]),
+                               models.FieldCondition(key="version",
+                                                     match=models.MatchAny(any=[v for _, v in pairs]))])
+
+
+# -- 1. stage -----------------------------------------------------------------------------------------------
+
+
+def stage(backend: Backend, collection: str, batch: Sequence[Staged]) -> None:
+    """The new versions' points, `staged`: invisible to readers, found by recovery if nothing commits them."""
+    points = [p for staged in batch for p in staged.points]
+    for start in range(0, len(points), UPSERT_BATCH):
+        backend.upsert(collection, points[start:start + UPSERT_BATCH])
+
+
+# -- 2. commit ----------------------------------------------------------------------------------------------
+
+
+def _entry(staged: Staged, current: dict[str, Any] | None, order: int) -> Point:
+    info = staged.info
+    superseded: list[str] = []
+    if current is not None:
+        superseded = [current["version"]]
+        if not current.get("published", True):  # its own publish may never come: take over its leftovers
+            superseded += [v for v in current.get("previous") or [] if v != info.version]
+    payload = {**info.model_dump(), "previous": superseded, "published": False,
+               "order": current.get("order", order) if current else order}
+    return Point(id=document_point_id(info.doc_id), payload=payload)
+
+
+def commit(backend: Backend, collection: str, batch: Sequence[Staged]) -> dict[str, list[str]]:
+    """Move each registry entry to its new version (compare-and-set, retried on a lost race).
+
+    Returns doc_id -> the versions each new one superseded, for `publish`.
+    """
+    registry = registry_name(collection)
+    pending = {staged.info.doc_id: staged for staged in batch}
+    superseded: dict[str, list[str]] = {}
+    base_order = time.time_ns()
+    for _ in range(COMMIT_ATTEMPTS):
+        ids = {document_point_id(doc_id): doc_id for doc_id in pending}
+        current = {ids[r.id]: r.payload for r in backend.retrieve(registry, list(ids)) if r.id in ids}
+        fresh = [_entry(s, None, base_order + i) for i, (d, s) in enumerate(pending.items()) if d not in current]
+        replacing = [_entry(s, current[d], base_order) for d, s in pending.items() if d in current]
+        if fresh:
+            backend.upsert(registry, fresh, insert_only=True)
+        if replacing:
+            expected = [(document_point_id(d), current[d]["version"]) for d in pending if d in current]
+            backend.upsert(registry, replacing, only_if=_entries_at(expected))
+        written = {p.payload["doc_id"]: p.payload["previous"] for p in [*fresh, *replacing]}
+        now = {ids[r.id]: r.payload for r in backend.retrieve(registry, list(ids), with_payload=["version"])
+               if r.id in ids}
+        for doc_id in list(pending):
+            if now.get(doc_id, {}).get("version") == pending[doc_id].info.version:
+                superseded[doc_id] = written[doc_id]
+                del pending[doc_id]
+        if not pending:
+            return superseded
+    raise RuntimeError(f"Could not commit {sorted(pending)} in '{collection}': the registry kept changing.")
+
+
+# -- 3. publish ---------------------------------------------------------------------------------------------
+
+
+def publish(backend: Backend, collection: str, versions: dict[str, str], superseded: dict[str, list[str]]) -> None:
+    """The committed versions go live, the versions they superseded go, their entries are marked published.
+
+    Idempotent, and safe from any process at any time after the commit (recovery runs it too).
+    """
+    if not versions:
+        return
+    backend.set_payload(collection, {"state": LIVE}, _versions_filter(list(versions.values())))
+    old = sorted({v for vs in superseded.values() for v in vs} - set(versions.values()))
+    if old:
+        backend.delete(collection, _versions_filter(old))
+    entries = [(document_point_id(doc_id), version) for doc_id, version in versions.items()]
+    backend.set_payload(registry_name(collection), {"published": True, "previous": []}, _entries_at(entries))
+
+
+# -- reading, deleting --------------------------------------------------------------------------------------
+
+
+def get_entry(backend: Backend, collection: str, doc_id: str) -> dict[str, Any] | None:
+    records = backend.retrieve(registry_name(collection), [document_point_id(doc_id)])
+    return records[0].payload if records else None
+
+
+def live_chunks(backend: Backend, collection: str, doc_id: str, version: str) -> list[Record]:
+    flt = models.Filter(must=[match("doc_id", doc_id), match("version", version), match("state", LIVE)])
+    return scroll_all(backend, collection, flt)
+
+
+def scroll_all(backend: Backend, collection: str, flt: models.Filter | None,
+               with_payload: bool | list[str] = True) -> list[Record]:
+    records: list[Record] = []
+    offset: str | None = None
+    while True:
+        page, offset = backend.scroll(collection, filter=flt, limit=SCROLL_PAGE, offset=offset,
+                                      with_payload=with_payload)
+        records.extend(page)
+        if offset is None:
+            return records
+
+
+def delete(backend: Backend, collection: str, doc_id: str) -> bool:
+    """Remove a document: its points `staged` first (so whatever a crash leaves is recovery's), then its
+    registry entry (compare-and-set: a version committed meanwhile by another writer stays), then its points.
+    False if there was no such document."""
+    registry = registry_name(collection)
+    point_id = document_point_id(doc_id)
+    for _ in range(COMMIT_ATTEMPTS):
+        entry = get_entry(backend, collection, doc_id)
+        if entry is None:
+            return False
+        versions = [entry["version"], *(entry.get("previous") or [])]
+        flt = models.Filter(must=[match("doc_id", doc_id),
+                                  models.FieldCondition(key="version", match=models.MatchAny(any=versions))])
+        backend.set_payload(collection, {"state": STAGED}, flt)
+        backend.delete(registry, _entries_at([(point_id, entry["version"])]))
+        if get_entry(backend, collection, doc_id) is None:
+            backend.delete(collection, flt)
+            return True
+        # another writer committed a new version meanwhile: delete that one too
+    raise RuntimeError(f"Could not delete '{doc_id}' from '{collection}': it kept being replaced.")
+
+
+def registry_versions(backend: Backend, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
+    """doc_id -> committed version, for the documents that have one."""
+    ids = {document_point_id(d): d for d in doc_ids}
+    records = backend.retrieve(registry_name(collection), list(ids), with_payload=["version"])
+    return {ids[r.id]: r.payload.get("version", "") for r in records if r.id in ids}

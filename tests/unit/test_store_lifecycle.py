@@ -1,0 +1,210 @@
+"""The embedded store's life outside one process: kill -9 during ingestion (real processes), snapshots in
+the engine's own format, and the migration of a folder written by the previous version."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import qdrant_edge as qe
+from qdrant_client import QdrantClient, models
+
+from services.common.errors import Conflict
+from services.rag.store import (
+    LIVE,
+    StoreNeedsMigration,
+    check_folder_free,
+    chunk_point_id,
+    document_point_id,
+    open_store,
+    registry_name,
+)
+from services.rag.store.snapshots import migrate_local_mode
+from tests.unit.test_store import BM25, DIM, MODEL, embed, ingest, protocol_doc, raw_points
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+# -- kill -9 during ingestion ----------------------------------------------------------------------------------
+
+WRITER = r"""
+import asyncio, sys
+from services.rag.store import open_store
+from tests.unit.test_store import DIM, MODEL, protocol_doc, texts_of
+
+async def main(folder):
+    store = open_store(url=None, path=folder)
+    await store.create_collection("crash", dimension=DIM, embed_model=MODEL)
+    for round_ in range(1000):
+        docs = [protocol_doc(f"doc-{i}", texts_of(i, round_)) for i in range(round_ * 8 % 120, round_ * 8 % 120 + 16)]
+        await store.write_documents("crash", docs)
+        print(f"round {round_}", flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def kill_writer_mid_run(folder: Path) -> int:
+    """Start the writer, SIGKILL it some way into a round; the last round it acknowledged."""
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder)], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    acknowledged = -1
+    try:
+        assert writer.stdout is not None
+        deadline = time.monotonic() + 120
+        while acknowledged < 20:
+            line = writer.stdout.readline()
+            assert line and time.monotonic() < deadline, "the writer stopped early"
+            acknowledged = int(line.split()[1])
+        time.sleep(0.05 * (acknowledged % 7))  # somewhere inside a later round
+        writer.send_signal(signal.SIGKILL)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    for line in writer.stdout.read().splitlines():  # what it acknowledged before it died
+        acknowledged = int(line.split()[1])
+    return acknowledged
+
+
+async def test_kill_9_during_ingestion_leaves_every_document_whole_old_or_new(tmp_path: Path) -> None:
+    """A process writing batches of documents (new ones and new versions of earlier ones) is killed with
+    SIGKILL; the reopened store holds each document whole in one version a writer wrote, none twice."""
+    from tests.unit.test_store import texts_of
+
+    folder = tmp_path / "qdrant"
+    acknowledged = await asyncio.to_thread(kill_writer_mid_run, folder)
+    store = open_store(url=None, path=folder)
+    try:
+        docs, total = await store.list_documents("crash", limit=1000)
+        assert total == len(docs) == len({d.doc_id for d in docs})
+        acknowledged_ids = {f"doc-{i}" for r in range(acknowledged + 1) for i in range(r * 8 % 120, r * 8 % 120 + 16)}
+        assert acknowledged_ids <= {d.doc_id for d in docs}, "an acknowledged document is missing"
+        chunks = 0
+        for doc in docs:
+            info, stored = await store.get_document("crash", doc.doc_id)
+            i = int(doc.doc_id.split("-")[1])
+            whole = [texts_of(i, r) for r in range(acknowledged + 2)]
+            assert [c.text for c in stored] in whole, f"{doc.doc_id} is not one whole version"
+            assert [c.id for c in stored] == [chunk_point_id(doc.doc_id, info.version, k) for k in range(len(stored))]
+            chunks += len(stored)
+        points = await raw_points(store, "crash")
+        assert len(points) == chunks and {p["state"] for p in points.values()} == {LIVE}, "leftover points"
+        assert await store.count("crash") == chunks
+    finally:
+        await store.close()
+
+
+# -- snapshots ------------------------------------------------------------------------------------------------
+
+
+async def test_a_snapshot_restores_into_another_store_and_its_parts_are_qdrant_shard_snapshots(
+        tmp_path: Path) -> None:
+    source = open_store(url=None, path=tmp_path / "a")
+    target = open_store(url=None, path=tmp_path / "b")
+    try:
+        await source.create_collection("kb", dimension=DIM, embed_model=MODEL, metadata={"team": "ops"})
+        for i in range(30):
+            await ingest(source, "kb", f"doc-{i}", [f"pump {i} maintenance", f"valve {i} check"],
+                         metadata={"n": i, "even": i % 2 == 0})
+        await ingest(source, "kb", "doc-3", ["replaced text"])
+        file = await source.snapshot("kb", tmp_path / "kb.snapshot.tar.gz")
+        await ingest(source, "kb", "doc-4", ["written after the snapshot"])
+
+        restored = await target.restore(file)
+        assert (restored.name, restored.documents, restored.points) == ("kb", 30, 59)
+        query = {"dense": embed("valve 7 check"), "sparse": BM25.encode_query("valve 7"), "mode": "hybrid"}
+        hits = await target.search(["kb"], **query, filter={"even": False})  # type: ignore[arg-type]
+        assert hits[0].text == "valve 7 check" and all(h.metadata["n"] % 2 for h in hits)
+        assert [c.text for c in (await target.get_document("kb", "doc-3"))[1]] == ["replaced text"]
+        assert len((await target.get_document("kb", "doc-4"))[1]) == 2  # as it was when snapshotted
+        assert [d.doc_id for d in (await target.list_documents("kb", limit=3))[0]] == ["doc-0", "doc-1", "doc-2"]
+        await ingest(target, "kb", "doc-new", ["the restored collection takes writes"])
+        with pytest.raises(Conflict):
+            await target.restore(file)
+        assert (await target.restore(file, "kb-2")).documents == 30
+
+        # each part is a shard snapshot Qdrant's engine unpacks and opens by itself
+        with tarfile.open(file) as tar:
+            manifest = json.loads(tar.extractfile("inferag-snapshot.json").read())  # type: ignore[union-attr]
+            assert set(manifest["parts"]) == {"", "_docs__"} and manifest["collection"] == "kb"
+            tar.extractall(tmp_path / "parts", filter="data")
+        for part, count in (("collection", 59), ("_docs__", 30)):
+            unpacked = tmp_path / f"unpacked-{part}"
+            qe.EdgeShard.unpack_snapshot(str(tmp_path / "parts" / "parts" / f"{part}.snapshot"), str(unpacked))
+            shard = qe.EdgeShard.load(str(unpacked))
+            assert shard.count(qe.CountRequest(exact=True)) == count
+            shard.close()
+        with tarfile.open(tmp_path / "parts" / "parts" / "collection.snapshot") as part_tar:
+            names = part_tar.getnames()
+        assert any(n.startswith("segments/") and n.endswith("/files/segment.json") for n in names), names
+    finally:
+        await source.close()
+        await target.close()
+
+
+# -- the previous version's folder --------------------------------------------------------------------------
+
+
+def previous_version_folder(folder: Path, docs: dict[str, list[str]]) -> None:
+    """A store folder as the previous inferag wrote it: qdrant-client's local mode, a collection with named
+    dense + sparse (IDF) vectors and its metadata, and the `_docs__` registry without vectors."""
+    client = QdrantClient(path=str(folder))
+    try:
+        client.create_collection(registry_name("kb"), vectors_config={})
+        client.create_collection(
+            "kb", vectors_config={"dense": models.VectorParams(size=DIM, distance=models.Distance.COSINE)},
+            sparse_vectors_config={"sparse": models.SparseVectorParams(modifier=models.Modifier.IDF)},
+            metadata={"inferag": {"dimension": DIM, "embed_model": MODEL, "sparse_model": "bm25", "metadata": {}}})
+        for n, (doc_id, texts) in enumerate(docs.items()):
+            version = f"{n:x}-old"
+            sparse = BM25.encode_documents(texts)
+            client.upsert("kb", [models.PointStruct(
+                id=chunk_point_id(doc_id, version, i),
+                vector={"dense": embed(t), "sparse": models.SparseVector(indices=list(sparse[i].indices),
+                                                                         values=list(sparse[i].values))},
+                payload={"doc_id": doc_id, "chunk_index": i, "text": t, "start": 0, "end": len(t), "tokens": 2,
+                         "source": f"{doc_id}.txt", "metadata": {"n": n}, "version": version, "state": LIVE})
+                for i, t in enumerate(texts)])
+            client.upsert(registry_name("kb"), [models.PointStruct(id=document_point_id(doc_id), vector={}, payload={
+                "doc_id": doc_id, "source": f"{doc_id}.txt", "chunks": len(texts), "characters": 10,
+                "metadata": {"n": n}, "version": version, "ingested_at": 1_700_000_000.0 + n})])
+    finally:
+        client.close()
+
+
+async def test_a_previous_version_folder_is_refused_clearly_then_migrated_with_nothing_lost(tmp_path: Path) -> None:
+    folder = tmp_path / "qdrant"
+    docs = {f"doc-{i}": [f"pump {i} overhaul", f"seal {i} swap"] for i in range(12)}
+    previous_version_folder(folder, docs)
+    for attempt in (lambda: open_store(url=None, path=folder), lambda: check_folder_free(folder)):
+        with pytest.raises(StoreNeedsMigration) as raised:
+            attempt()
+        assert "inferag collections migrate" in raised.value.message and str(folder) in raised.value.message
+    copied = await asyncio.to_thread(migrate_local_mode, folder, lambda line: None)
+    assert copied == {"kb": 24, registry_name("kb"): 12}
+    assert [p for p in os.listdir(tmp_path) if ".local-mode-backup-" in p], "the old folder is kept"
+    store = open_store(url=None, path=folder)
+    try:
+        info = await store.get_collection("kb")
+        assert (info.documents, info.points, info.embed_model, info.sparse_model) == (12, 24, MODEL, "bm25")
+        listed, total = await store.list_documents("kb", limit=100)
+        assert total == 12 and [d.doc_id for d in listed] == list(docs)  # in the order they were first stored
+        for doc_id, texts in docs.items():
+            assert [c.text for c in (await store.get_document("kb", doc_id))[1]] == texts
+        hits = await store.search(["kb"], dense=embed("seal 5 swap"), sparse=BM25.encode_query("seal 5"),
+                                  mode="hybrid", top_k=3)
+        assert hits[0].doc_id == "doc-5" and hits[0].text == "seal 5 swap"
+        await store.write_documents("kb", [protocol_doc("doc-0", ["a new version after the migration"])])
+        assert [c.text for c in (await store.get_document("kb", "doc-0"))[1]] == ["a new version after the migration"]
+        assert await store.recover() == {"published": 0, "deleted": 0}
+    finally:
+        await store.close()
