@@ -4,9 +4,10 @@
    (English), chunked as ingestion chunks them (the service defaults), in one thread: chunks per second of
    wall time and per CPU-second. Goal: at least 200 chunks/s.
 2. Ingestion: the same documents through the real ingestion path in this process (the packaged
-   all-MiniLM-L6-v2, BM25, embedded Qdrant in a temporary folder, one document at a time as a request of
-   many documents is), once into a collection with `graph: off` and once with `graph: keyphrase` (entity
-   names embedded too), rounds alternating so that drift in the machine's load hits both. The medians in
+   all-MiniLM-L6-v2, BM25, embedded Qdrant in a temporary folder, every document in one request as
+   `POST /rag/collections/{name}/documents` takes them: one embedding call, one store write, one graph
+   write), once into a collection with `graph: off` and once with `graph: keyphrase` (entity names embedded
+   too), rounds alternating so that drift in the machine's load hits both. The medians in
    chunks per second and their ratio keyphrase / off. Goal: at least 0.7.
 
     .venv/bin/python bench/graph.py               # 3 rounds over both sets
