@@ -3,7 +3,9 @@ the LLM extractor on the tiny generator, graph routes, graph retrieval modes, in
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -194,6 +196,20 @@ async def test_deleting_a_collection_drops_its_graph(stack: httpx.AsyncClient) -
     names = {e["name"] for e in (await stack.get("/rag/collections/gone/graph/entities",
                                                   params={"limit": 100})).json()["data"]}  # fmt: skip
     assert "Tessaly Chamber Orchestra" not in names and "Gideon Achterberg" in names
+
+
+async def test_a_snapshot_restores_the_graph_with_its_collection(stack: httpx.AsyncClient) -> None:
+    snapshot = await stack.post("/rag/collections/music/snapshot")
+    assert snapshot.status_code == 200, snapshot.text
+    with tarfile.open(fileobj=io.BytesIO(snapshot.content)) as tar:
+        assert "parts/_graph__.snapshot" in tar.getnames()  # the graph's companion travels with the collection
+    restored = await stack.post("/rag/collections/restore", data={"name": "music-copy"},
+                                files={"file": ("music.snapshot.tar.gz", snapshot.content, "application/gzip")})
+    assert restored.status_code == 200, restored.text
+    assert restored.json()["settings"] == {"graph": "keyphrase"}
+    assert await _stats(stack, "music-copy") == await _stats(stack, "music")
+    body = {"collection": "music-copy", "query": QUESTION, "top_k": 5, "mode": "graph"}
+    assert "ens-tessaly" in {h["doc_id"] for h in (await stack.post("/rag/retrieve", json=body)).json()["data"]}
 
 
 # ---------------------------------------------------------------- the LLM extractor, on the tiny generator
