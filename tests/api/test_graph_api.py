@@ -43,8 +43,9 @@ def assert_error(resp: httpx.Response, status: int, code: str | None = None) -> 
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(tiny_model_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with rag_stack(tiny_model_dir, graph_llm_max_tokens=160) as (c, _):
+async def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
+    folder = tmp_path_factory.mktemp("graph-api")  # snapshots are written under the data folder
+    async with rag_stack(tiny_model_dir, graph_llm_max_tokens=160, data_dir=str(folder)) as (c, _):
         docs = [_doc(d, kind="person" if d.startswith("mus-") or d.endswith("p00") else "ensemble") for d in DOC_IDS]
         resp = await c.post("/rag/collections/music/documents", json={"documents": docs})
         assert resp.status_code == 200, resp.text
