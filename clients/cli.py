@@ -93,9 +93,10 @@ def _print_sources(citations: Sequence[Citation], title: str = "Sources", show: 
     for column in ("#", "document", "score", "passage"):
         table.add_column(column, overflow="fold")
     for c in citations:
-        snippet = " ".join(c.text.split())
+        snippet = " ".join((c.quote.text if c.quote else c.text).split())  # a cited source: its quote
         snippet = snippet[:117] + "..." if len(snippet) > 120 else snippet
-        table.add_row(str(c.number), c.source or c.doc_id, f"{c.score:.3f}", snippet)
+        score = "" if c.score is None else f"{c.score:.3f}"
+        table.add_row(str(c.number), c.source or c.doc_id, score, snippet)
     show.print(table)
 
 

@@ -9,54 +9,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
+from services.rag import protocol as rag_protocol
 from services.rag.agent import protocol as agent_protocol
-from services.rag.protocol import Citation, Usage
 
 
 class _Event(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class RetrievalEvent(_Event):
-    """First event of a query: the query used for retrieval and the sources given to the model."""
-
-    type: Literal["retrieval"] = "retrieval"
-    query: str = ""
-    sources: list[Citation] = Field(default_factory=list)
-
-
-class DeltaEvent(_Event):
-    """A piece of the answer's text."""
-
-    type: Literal["delta"] = "delta"
-    text: str = ""
-
-
-class CitationsEvent(_Event):
-    """The sources the answer cites, after the last delta."""
-
-    type: Literal["citations"] = "citations"
-    citations: list[Citation] = Field(default_factory=list)
-
-
-class DoneEvent(_Event):
-    """Last event: token usage, stage timings (milliseconds) and finish reason."""
-
-    type: Literal["done"] = "done"
-    usage: Usage | None = None
-    timings: dict[str, float] = Field(default_factory=dict)
-    finish_reason: str | None = None
-
-
-class ErrorEvent(_Event):
-    """A failure after the stream started; the streams raise it as an `InferagError`."""
-
-    type: Literal["error"] = "error"
-    error: dict[str, Any] = Field(default_factory=dict)
+# The query stream's events are the RAG route's own wire models.
+RetrievalEvent = rag_protocol.RetrievalEvent
+DeltaEvent = rag_protocol.DeltaEvent
+CitationsEvent = rag_protocol.CitationsEvent
+DoneEvent = rag_protocol.DoneEvent
+ErrorEvent = rag_protocol.ErrorEvent
 
 
 class UnknownEvent(_Event):
@@ -65,9 +35,7 @@ class UnknownEvent(_Event):
     type: str
 
 
-QueryEvent = Annotated[
-    RetrievalEvent | DeltaEvent | CitationsEvent | DoneEvent | ErrorEvent, Field(discriminator="type")
-]
+QueryEvent = rag_protocol.QueryEvent
 # The agent's events are the agent route's own wire models.
 AgentEvent = agent_protocol.AgentEvent
 ThoughtEvent = agent_protocol.ThoughtEvent

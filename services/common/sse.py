@@ -9,6 +9,8 @@ from typing import Any
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
+from .errors import sse_error
+
 DONE = "data: [DONE]\n\n"
 
 
@@ -18,6 +20,21 @@ def sse_data(payload: BaseModel | dict[str, Any]) -> str:
     else:
         text = json.dumps(payload, separators=(",", ":"))
     return f"data: {text}\n\n"
+
+
+async def openai_stream(chunks: AsyncIterator[BaseModel | dict[str, Any]]) -> AsyncIterator[str]:
+    """Typed chunks as OpenAI's SSE: `data: <json>` each, `data: [DONE]` last; a failure after the
+    first chunk (headers sent) is an error event, then the end."""
+    try:
+        async for chunk in chunks:
+            yield sse_data(chunk)
+    except Exception as exc:
+        yield sse_error(exc)
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    yield DONE
 
 
 def sse_response(events: AsyncIterator[str]) -> EventSourceResponse:
@@ -46,3 +63,14 @@ def sse_event(type_: str, payload: BaseModel | dict[str, Any]) -> str:
     data = payload.model_dump(mode="json", exclude_none=True) if isinstance(payload, BaseModel) else dict(payload)
     data = {"type": type_, **data}
     return f"event: {type_}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def typed_events(events: AsyncIterator[Any]) -> AsyncIterator[str]:
+    """Typed event models (each with a `type`) as `sse_event`s."""
+    try:
+        async for event in events:
+            yield sse_event(event.type, event)
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from services.common.http import cancel_on_disconnect
 from services.common.protocol import error_responses, sse_response_doc
 from services.common.service import loaded_service, require_key
-from services.common.sse import sse_response
+from services.common.sse import openai_stream, sse_response
 
 from .protocol import ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, ModelList
 from .serving import GenerationService
@@ -28,8 +28,9 @@ router = APIRouter(dependencies=[Depends(require_key)])
 
 
 def _respond(result: Any) -> Response:
+    """The serving layer's result as HTTP: a JSON body, or its typed chunks encoded as SSE (only here)."""
     if isinstance(result, AsyncIterator):
-        return sse_response(result)
+        return sse_response(openai_stream(result))
     return JSONResponse(result.model_dump(exclude_none=True))
 
 

@@ -1,7 +1,8 @@
-"""The serving layer: OpenAI requests in, a response or an async iterator of SSE strings out.
+"""The serving layer: OpenAI requests in, a response or an async iterator of typed chunks out.
 
 Engine-agnostic: it renders the chat template, validates lengths, fans out `n`,
-parses tool calls and keeps the metrics. The router only turns its results into HTTP.
+parses tool calls and keeps the metrics. Nothing here is SSE: the router encodes the
+chunks for HTTP, and in-process callers (the RAG generator) use the objects as they are.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from services.common.errors import InvalidRequest, ModelNotFound, Overloaded, sse_error
+from services.common.errors import InvalidRequest, ModelNotFound, Overloaded
 from services.common.http import peeked
 from services.common.metrics import LATENCY_BUCKETS
-from services.common.sse import DONE, sse_data
 
 from . import tools as toolfmt
 from .engines.base import Engine, GenerationChunk, SamplingOptions, TokenLogprob
@@ -252,7 +252,9 @@ class GenerationService:
         options = self._options(req, len(ids), req.completion_limit(), logprobs, schema)
         return _Prepared(f"chatcmpl-{uuid.uuid4().hex}", ids, options, tools, forced)
 
-    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
+    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[ChatCompletionChunk]:
+        """The response, or with `stream` its chunks (the usage chunk last when asked); admission and
+        request errors raise here, before the first chunk."""
         prep = self.prepare_chat(req)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -281,17 +283,15 @@ class GenerationService:
 
     async def _chat_stream(
         self, req: ChatCompletionRequest, prep: _Prepared, include_usage: bool
-    ) -> AsyncGenerator[str, None]:
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
         created = int(time.time())
 
-        def chunk(index: int, delta: ChatDelta, finish: str | None = None, logprobs: Any = None) -> str:
-            return sse_data(
-                ChatCompletionChunk(
-                    id=prep.request_id,
-                    created=created,
-                    model=req.model,
-                    choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)],
-                )  # fmt: skip
+        def chunk(index: int, delta: ChatDelta, finish: str | None = None, logprobs: Any = None) -> ChatCompletionChunk:
+            return ChatCompletionChunk(
+                id=prep.request_id,
+                created=created,
+                model=req.model,
+                choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)],
             )
 
         states = [_ChoiceState() for _ in prep.options]
@@ -322,12 +322,9 @@ class GenerationService:
                             yield chunk(i, ChatDelta(tool_calls=deltas))
                     yield chunk(i, ChatDelta(), finish=finish)
         if include_usage:
-            yield sse_data(
-                ChatCompletionChunk(
-                    id=prep.request_id, created=created, model=req.model, choices=[], usage=_usage(states)
-                )
+            yield ChatCompletionChunk(
+                id=prep.request_id, created=created, model=req.model, choices=[], usage=_usage(states)
             )
-        yield DONE
 
     # ------------------------------------------------------------- completions
 
@@ -347,7 +344,7 @@ class GenerationService:
         options = self._options(req, len(ids), req.max_tokens or 16, req.logprobs, None)
         return _Prepared(f"cmpl-{uuid.uuid4().hex}", ids, options)
 
-    async def completions(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
+    async def completions(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[CompletionResponse]:
         prep = self.prepare_completion(req)
         echo = self.tokenizer.decode(prep.prompt_ids) if req.echo else ""
         if req.stream:
@@ -371,7 +368,7 @@ class GenerationService:
 
     async def _completion_stream(
         self, req: CompletionRequest, prep: _Prepared, echo: str, include_usage: bool
-    ) -> AsyncGenerator[str, None]:
+    ) -> AsyncGenerator[CompletionResponse, None]:
         created = int(time.time())
         states = [_ChoiceState() for _ in prep.options]
         sent_echo: set[int] = set()
@@ -386,16 +383,11 @@ class GenerationService:
                     index=i, text=text, finish_reason=out.finish_reason,
                     logprobs=_completion_logprobs(out.logprobs or [], 0) if req.logprobs is not None else None,
                 )  # fmt: skip
-                yield sse_data(
-                    CompletionResponse(id=prep.request_id, created=created, model=req.model, choices=[choice])
-                )
+                yield CompletionResponse(id=prep.request_id, created=created, model=req.model, choices=[choice])
         if include_usage:
-            yield sse_data(
-                CompletionResponse(
-                    id=prep.request_id, created=created, model=req.model, choices=[], usage=_usage(states)
-                )
+            yield CompletionResponse(
+                id=prep.request_id, created=created, model=req.model, choices=[], usage=_usage(states)
             )
-        yield DONE
 
     # ------------------------------------------------------------- engine plumbing
 
@@ -474,21 +466,10 @@ class GenerationService:
             _absorb(states[i], out)
         return states
 
-    async def _prime(self, events: AsyncGenerator[str, None]) -> AsyncIterator[str]:
-        """Pull a stream's first event now, so admission errors become HTTP errors;
-        an error after that (headers sent) becomes an error event, then the end."""
-        started = await peeked(events)
-
-        async def with_error_event() -> AsyncIterator[str]:
-            async with contextlib.aclosing(started):
-                try:
-                    async for event in started:
-                        yield event
-                except Exception as exc:
-                    yield sse_error(exc)
-                    yield DONE
-
-        return with_error_event()
+    async def _prime(self, chunks: AsyncGenerator[T, None]) -> AsyncIterator[T]:
+        """Pull a stream's first chunk now, so admission errors raise before a response starts;
+        a later failure raises from the iterator (the router turns it into an error event)."""
+        return await peeked(chunks)
 
 
 # ------------------------------------------------------------- helpers

@@ -1,119 +1,78 @@
-"""`/rag/query`: retrieve → rerank → a prompt with numbered sources → an answer with citations.
+"""`/rag/query`: retrieve → rerank → a selected context → an answer with quoted citations.
 
-Every `[n]` that reaches the client names a source that was given: markers naming no
-source are removed from the text as it streams (`CitationFilter`), so the `citations`
-event and the answer always agree. With no source above the score threshold the
-answer says it does not know, without asking the model.
+`Answerer.prepare` is the one grounding step (model, retrieval query, numbered sources, the exact
+messages); the whole answer (`answer`) and the streamed one (`stream`, typed `QueryEvent`s) both
+start from it. Every `[n]` that reaches the client names a source that was given: markers naming
+no source are removed as the text streams, so the citations and the answer always agree. Each cited
+source carries the sentence that supports it (`quote`). With no source above the score threshold
+the answer says it does not know, without asking the model.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 
 from services.common.errors import error_for
 from services.common.http import peeked
-from services.common.sse import sse_event
+from services.generation.protocol import ChatCompletionChunk, ChatCompletionRequest
 
+from .citations import CitationFilter, Quotable, choose_quotes, citation, cited_numbers, drop_invalid_markers
+from .context import Embedder, SourceContext, select_context
 from .generator import Generator
 from .metrics import RagMetrics, Timings
-from .protocol import Citation, QueryRequest, QueryResponse, Usage
+from .prompt import NO_ANSWER, answer_messages
+from .protocol import (
+    Citation,
+    CitationsEvent,
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    QueryEvent,
+    QueryRequest,
+    QueryResponse,
+    RetrievalEvent,
+    Usage,
+)
 from .retrieval import Retriever
 from .settings import RagSettings
 from .types import Hit
 
-NO_ANSWER = "I don't know: nothing in the knowledge base is relevant enough to answer this question."
-SYSTEM_PROMPT = (
-    "You answer questions using only the numbered sources below. After each statement, cite the sources it "
-    "comes from with their numbers in square brackets, like [1] or [2][3]. If the sources do not contain the "
-    "answer, say that you don't know. Answer in the language of the question."
-)
 REWRITE_PROMPT = (
     "Rewrite the user's last question as one standalone search query that can be understood without the "
     "conversation. Reply with the query only."
 )
 EXPAND_PROMPT = "Write {n} different rephrasings of this search query, one per line, with no numbering:\n{query}"
-_MARKER = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
-_MAX_MARKER = 16  # longest "[1, 2, 3]" kept waiting in a stream before it is known not to be a marker
 
 
-def cited_numbers(text: str) -> list[int]:
-    """Source numbers cited in `text` (`[1]`, `[1, 2]`, `[1][2]`), in order of first appearance."""
-    seen: dict[int, None] = {}
-    for match in _MARKER.finditer(text):
-        for part in match.group(1).split(","):
-            seen.setdefault(int(part), None)
-    return list(seen)
+@dataclass
+class Prepared:
+    """Everything an answer starts from: what the model is asked, exactly, and from which sources."""
 
+    model: str
+    query: str  # the retrieval query (rewritten from the conversation when asked)
+    contexts: list[SourceContext]  # the numbered sources, as the prompt shows them
+    messages: list[dict[str, str]]  # the exact chat messages sent to the generation service
+    timings: Timings
 
-def _keep_valid(marker: re.Match[str], valid: range) -> str:
-    numbers = [n for n in (int(p) for p in marker.group(1).split(",")) if n in valid]
-    return f"[{', '.join(map(str, numbers))}]" if numbers else ""
-
-
-def drop_invalid_markers(text: str, n_sources: int) -> str:
-    valid = range(1, n_sources + 1)
-    return _MARKER.sub(lambda m: _keep_valid(m, valid), text)
-
-
-class CitationFilter:
-    """Streams text through, holding back a possible `[n]` until it is complete, minus invalid numbers."""
-
-    def __init__(self, n_sources: int):
-        self.valid = range(1, n_sources + 1)
-        self.pending = ""
-
-    def feed(self, text: str) -> str:
-        self.pending += text
-        out = []
-        while self.pending:
-            start = self.pending.find("[")
-            if start < 0:
-                out.append(self.pending)
-                self.pending = ""
-                break
-            out.append(self.pending[:start])
-            self.pending = self.pending[start:]
-            end = self.pending.find("]")
-            if end < 0:
-                if len(self.pending) <= _MAX_MARKER and re.fullmatch(r"\[[\d,\s]*", self.pending):
-                    break  # may still become a marker: wait for more text
-                out.append(self.pending[0])
-                self.pending = self.pending[1:]
-                continue
-            candidate = self.pending[: end + 1]
-            match = _MARKER.fullmatch(candidate)
-            out.append(_keep_valid(match, self.valid) if match else candidate[0])
-            self.pending = self.pending[end + 1 :] if match else self.pending[1:]
-        return "".join(out)
-
-    def flush(self) -> str:
-        rest, self.pending = self.pending, ""
-        return rest
-
-
-def _citation(number: int, hit: Hit) -> Citation:
-    return Citation(
-        number=number,
-        id=hit.id,
-        collection=hit.collection,
-        doc_id=hit.doc_id,
-        source=hit.source,
-        text=hit.text,
-        start=hit.start,
-        end=hit.end,
-        score=hit.score,
-        metadata=hit.metadata,
-        graph=hit.graph,
-    )
+    def sources(self) -> list[Citation]:
+        return [citation(c.number, c.hit) for c in self.contexts]
 
 
 class Answerer:
-    def __init__(self, retriever: Retriever, generator: Generator, settings: RagSettings, metrics: RagMetrics):
-        self.retriever, self.generator, self.settings, self.metrics = retriever, generator, settings, metrics
+    def __init__(
+        self,
+        retriever: Retriever,
+        generator: Generator,
+        embedder: Embedder,
+        count_tokens: Callable[[str], int],
+        settings: RagSettings,
+        metrics: RagMetrics,
+    ):
+        self.retriever, self.generator, self.embedder = retriever, generator, embedder
+        self.count_tokens, self.settings, self.metrics = count_tokens, settings, metrics
         self._default_model: str | None = settings.generation_model
 
     async def model(self, requested: str | None) -> str:
@@ -126,10 +85,12 @@ class Answerer:
     # ------------------------------------------------------------ stages
 
     async def _ask(self, model: str, prompt: str, max_tokens: int) -> str:
-        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-                "temperature": 0}  # fmt: skip
-        result = await self.generator.chat(body)
-        return str(result["choices"][0]["message"].get("content") or "").strip()
+        request = ChatCompletionRequest.model_validate(
+            {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+             "temperature": 0}
+        )  # fmt: skip
+        result = await self.generator.chat(request)
+        return (result.choices[0].message.content or "").strip()
 
     async def search_queries(self, req: QueryRequest, model: str) -> list[str]:
         """The query to retrieve with (rewritten from the conversation when asked) and its expansions."""
@@ -152,7 +113,12 @@ class Answerer:
         runs = await asyncio.gather(
             *(
                 self.retriever.retrieve(
-                    req.targets(), q, top_k=req.top_k, mode=req.mode, fusion=req.fusion, filter=req.filter,
+                    req.targets(),
+                    q,
+                    top_k=req.top_k,
+                    mode=req.mode,
+                    fusion=req.fusion,
+                    filter=req.filter,
                     timings=timings,
                 )  # fmt: skip
                 for q in queries
@@ -168,117 +134,111 @@ class Answerer:
             hits = await self.retriever.rerank(queries[0], hits, req.rerank_top_n, timings)
         if threshold is not None:
             hits = [h for h in hits if h.score >= threshold]
-        return self._fit(hits[: req.rerank_top_n])
+        return hits[: req.rerank_top_n]
 
-    def _fit(self, hits: list[Hit]) -> list[Hit]:
-        """The best sources that fit the prompt budget; the first always (cut to the budget if need be)."""
-        budget = self.settings.context_chars
-        kept: list[Hit] = []
-        used = 0
-        for hit in hits:
-            if kept and used + len(hit.text) > budget:
-                break
-            if len(hit.text) > budget:
-                hit = hit.model_copy(update={"text": hit.text[:budget], "end": hit.start + budget})
-            kept.append(hit)
-            used += len(hit.text)
-        return kept
-
-    def messages(self, req: QueryRequest, sources: list[Hit]) -> list[dict[str, str]]:
-        numbered = "\n\n".join(
-            f"[{i}] ({h.source or h.doc_id})\n{h.text}" for i, h in enumerate(sources, start=1)
-        )
-        history = [{"role": m.role, "content": m.content} for m in (req.messages or [])[:-1] if m.role != "system"]
-        system = SYSTEM_PROMPT + "\n\nSources:\n\n" + numbered
-        return [{"role": "system", "content": system}, *history, {"role": "user", "content": req.question()}]
-
-    def _generation_body(self, req: QueryRequest, model: str, sources: list[Hit]) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "messages": self.messages(req, sources)}
-        for key in ("max_tokens", "temperature", "top_p", "seed"):
-            if getattr(req, key) is not None:
-                body[key] = getattr(req, key)
-        return body
-
-    # ------------------------------------------------------------ the two ways to answer
-
-    async def _ground(self, req: QueryRequest) -> tuple[Timings, str, str, list[Hit]]:
-        """What both ways of answering start with: timings, the model, the retrieval query and the sources."""
+    async def prepare(self, req: QueryRequest) -> Prepared:
+        """The grounding step both ways of answering share: model, query, selected sources, messages."""
         timings = Timings(self.metrics)
         model = await self.model(req.model)
         queries = await self.search_queries(req, model)
-        return timings, model, queries[0], await self.sources(req, queries, timings)
+        hits = await self.sources(req, queries, timings)
+        with timings.stage("context"):
+            contexts = await select_context(
+                queries[0], hits, self.embedder, mode=req.context or self.settings.context_mode,
+                budget_tokens=req.context_tokens or self.settings.context_tokens, count_tokens=self.count_tokens,
+            )  # fmt: skip
+        history = [{"role": m.role, "content": m.content} for m in (req.messages or [])[:-1]]
+        return Prepared(model, queries[0], contexts, answer_messages(req.question(), contexts, history), timings)
+
+    def request(self, req: QueryRequest, prep: Prepared, *, stream: bool) -> ChatCompletionRequest:
+        """The generation request for `prep`: greedy and bounded unless the request says otherwise."""
+        return ChatCompletionRequest.model_validate(
+            {
+                "model": prep.model,
+                "messages": prep.messages,
+                "max_tokens": req.max_tokens or self.settings.answer_max_tokens,
+                "temperature": 0 if req.temperature is None else req.temperature,
+                "top_p": req.top_p,
+                "seed": req.seed,
+                "stream": stream,
+                "stream_options": {"include_usage": True} if stream else None,
+            }
+        )
+
+    async def cited(self, text: str, prep: Prepared) -> list[Citation]:
+        """The sources `text` cites, in order of first citation, each with its supporting quote."""
+        numbers = [n for n in cited_numbers(text) if 1 <= n <= len(prep.contexts)]
+        if not numbers:
+            return []
+        with prep.timings.stage("quote"):
+            quotable = {c.number: Quotable(c.spans, c.vectors) for c in prep.contexts}
+            quotes = await choose_quotes(text, quotable, self.embedder.embed)
+        return [citation(n, prep.contexts[n - 1].hit, quotes.get(n)) for n in numbers]
+
+    # ------------------------------------------------------------ the two ways to answer
 
     async def answer(self, req: QueryRequest) -> QueryResponse:
-        timings, model, query, sources = await self._ground(req)
+        prep = await self.prepare(req)
+        timings = prep.timings
         usage, finish = Usage(), "stop"
-        if sources:
+        if prep.contexts:
             with timings.stage("generate"):
-                result = await self.generator.chat(self._generation_body(req, model, sources))
-            text = drop_invalid_markers(str(result["choices"][0]["message"].get("content") or ""), len(sources))
-            finish = result["choices"][0].get("finish_reason") or "stop"
-            usage = Usage.model_validate(result.get("usage") or {})
+                result = await self.generator.chat(self.request(req, prep, stream=False))
+            text = drop_invalid_markers(result.choices[0].message.content or "", len(prep.contexts))
+            finish = result.choices[0].finish_reason or "stop"
+            usage = Usage.model_validate(result.usage.model_dump())
             timings["ttft"] = timings["generate"]
         else:
             text = NO_ANSWER
+        cited = await self.cited(text, prep)
         timings.since_start("total")
-        given = [_citation(i, h) for i, h in enumerate(sources, start=1)]
-        cited = [given[n - 1] for n in cited_numbers(text)]
         return QueryResponse(
-            model=model, answer=text, citations=cited, sources=given, query=query, usage=usage,
+            model=prep.model, answer=text, citations=cited, sources=prep.sources(), query=prep.query, usage=usage,
             timings=dict(timings), finish_reason=finish,
         )  # fmt: skip
 
-    async def stream(self, req: QueryRequest) -> AsyncIterator[str]:
-        """Typed SSE events: retrieval, delta…, citations, done. Failures before generation starts (a full
+    async def stream(self, req: QueryRequest) -> AsyncGenerator[QueryEvent, None]:
+        """Typed events: retrieval, delta…, citations, done. Failures before generation starts (a full
         generation service: 429) raise here, so they get an HTTP status; later ones end in an `error` event."""
-        timings, model, query, sources = await self._ground(req)
-        given = [_citation(i, h) for i, h in enumerate(sources, start=1)]
-        chunks: AsyncGenerator[dict[str, Any], None] | None = None
+        prep = await self.prepare(req)
+        chunks: AsyncGenerator[ChatCompletionChunk, None] | None = None
         started = time.perf_counter()
-        if sources:
-            body = {**self._generation_body(req, model, sources), "stream_options": {"include_usage": True}}
-            chunks = await peeked(self.generator.chat_stream(body))
-        return self._events(model, query, given, timings, chunks, started)
+        if prep.contexts:
+            chunks = await peeked(self.generator.chat_stream(self.request(req, prep, stream=True)))
+        return self._events(prep, chunks, started)
 
     async def _events(
-        self,
-        model: str,
-        query: str,
-        given: list[Citation],
-        timings: Timings,
-        chunks: AsyncGenerator[dict[str, Any], None] | None,
-        started: float,
-    ) -> AsyncIterator[str]:
+        self, prep: Prepared, chunks: AsyncGenerator[ChatCompletionChunk, None] | None, started: float
+    ) -> AsyncGenerator[QueryEvent, None]:
+        timings = prep.timings
         try:
-            yield sse_event("retrieval", {"query": query, "sources": [c.model_dump(mode="json") for c in given]})
+            yield RetrievalEvent(query=prep.query, sources=prep.sources())
             usage, finish, text = Usage(), "stop", ""
             if chunks is None:
                 text = NO_ANSWER
-                yield sse_event("delta", {"text": text})
+                yield DeltaEvent(text=text)
             else:
-                cleaner = CitationFilter(len(given))
+                cleaner = CitationFilter(len(prep.contexts))
                 async for chunk in chunks:
-                    if chunk.get("usage"):
-                        usage = Usage.model_validate(chunk["usage"])
-                    for choice in chunk.get("choices", []):
-                        piece = cleaner.feed(choice.get("delta", {}).get("content") or "")
-                        finish = choice.get("finish_reason") or finish
+                    if chunk.usage is not None:
+                        usage = Usage.model_validate(chunk.usage.model_dump())
+                    for choice in chunk.choices:
+                        piece = cleaner.feed(choice.delta.content or "")
+                        finish = choice.finish_reason or finish
                         if piece:
                             if "ttft" not in timings:
                                 timings.since_start("ttft")
                             text += piece
-                            yield sse_event("delta", {"text": piece})
+                            yield DeltaEvent(text=piece)
                 timings.record("generate", time.perf_counter() - started)
                 if rest := cleaner.flush():
                     text += rest
-                    yield sse_event("delta", {"text": rest})
-            cited = [given[n - 1] for n in cited_numbers(text)]
-            yield sse_event("citations", {"citations": [c.model_dump(mode="json") for c in cited]})
+                    yield DeltaEvent(text=rest)
+            yield CitationsEvent(citations=await self.cited(text, prep))
             timings.since_start("total")
-            yield sse_event("done", {"model": model, "usage": usage.model_dump(), "timings": dict(timings),
-                                     "finish_reason": finish})  # fmt: skip
+            yield DoneEvent(model=prep.model, usage=usage, timings=dict(timings), finish_reason=finish)
         except Exception as exc:
-            yield sse_event("error", error_for(exc)[1])
+            yield ErrorEvent(error=error_for(exc)[1]["error"])
         finally:
             if chunks is not None:
                 await chunks.aclose()

@@ -35,6 +35,9 @@ def api_router(settings: RagSettings) -> APIRouter:
         native_tools=settings.agent_native_tools,
         time_limit_s=settings.agent_time_limit,
         max_observation_chars=settings.agent_max_observation_chars,
+        tool_time_limit_s=settings.agent_tool_time_limit,
+        context_mode=settings.context_mode,
+        context_tokens=settings.context_tokens,
     )
     api = APIRouter()
     api.include_router(router)

@@ -1,8 +1,9 @@
 """How the orchestrator reaches the generation service: one interface, in-process or over HTTP.
 
-Both take and return OpenAI chat-completion JSON (dicts), so a prompt built here runs
-the same against the engine in this process and against a remote service. In-process
-calls go to the serving layer itself (an ASGI transport would buffer a stream whole).
+Both take the generation service's own request model and return its typed response or chunks,
+so a prompt built here runs the same against the engine in this process and against a remote
+service. In-process calls go to the serving layer itself and pass its objects through (nothing
+is encoded to SSE and parsed back); over HTTP the SSE lines are parsed once, at that edge.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import httpx
 
 from services.common.errors import NotReady, UpstreamUnavailable
 from services.common.upstream import call, upstream_error
-from services.generation.protocol import ChatCompletionRequest
+from services.generation.protocol import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 from services.generation.serving import GenerationService
 
 
@@ -24,24 +25,13 @@ class Generator(Protocol):
         """Served model names, default first."""
         ...
 
-    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A non-streaming chat completion."""
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
+        """A non-streaming chat completion (`request.stream` is ignored)."""
         ...
 
-    def chat_stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
-        """The chunks of a streaming chat completion; an error event raises its domain error."""
+    def chat_stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """The chunks of a streaming chat completion; a failure raises its domain error."""
         ...
-
-
-def _chunk(line: str) -> dict[str, Any] | None:
-    """The chunk of one SSE line (None for other lines and `[DONE]`); an error event raises its error."""
-    if not line.startswith("data: ") or line == "data: [DONE]":
-        return None
-    chunk: dict[str, Any] = json.loads(line[6:])
-    if "error" in chunk and "choices" not in chunk:
-        status = {"rate_limit_error": 429, "invalid_request_error": 400}.get(chunk["error"].get("type"), 500)
-        raise upstream_error(status, chunk)
-    return chunk
 
 
 class InProcessGenerator:
@@ -59,25 +49,38 @@ class InProcessGenerator:
     async def models(self) -> list[str]:
         return [m.id for m in self._get().models().data]
 
-    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        result = await self._get().chat(ChatCompletionRequest.model_validate({**body, "stream": False}))
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
+        result = await self._get().chat(request.model_copy(update={"stream": False}))
         if isinstance(result, AsyncIterator):  # pragma: no cover - stream is False
             raise TypeError("unexpected stream")
-        return result.model_dump(mode="json", exclude_none=True)
+        return result
 
-    async def chat_stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
-        result = await self._get().chat(ChatCompletionRequest.model_validate({**body, "stream": True}))
+    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ChatCompletionChunk, None]:
+        result = await self._get().chat(request.model_copy(update={"stream": True}))
         if not isinstance(result, AsyncIterator):  # pragma: no cover - stream is True
             raise TypeError("expected a stream")
         try:
-            async for event in result:
-                for line in event.splitlines():
-                    if (chunk := _chunk(line)) is not None:
-                        yield chunk
+            async for chunk in result:
+                yield chunk
         finally:
             aclose = getattr(result, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+def _chunk(line: str) -> ChatCompletionChunk | None:
+    """The chunk of one SSE line (None for other lines and `[DONE]`); an error event raises its error."""
+    if not line.startswith("data: ") or line == "data: [DONE]":
+        return None
+    data: dict[str, Any] = json.loads(line[6:])
+    if "error" in data and "choices" not in data:
+        status = {"rate_limit_error": 429, "invalid_request_error": 400}.get(data["error"].get("type"), 500)
+        raise upstream_error(status, data)
+    return ChatCompletionChunk.model_validate(data)
+
+
+def _body(request: ChatCompletionRequest, stream: bool) -> dict[str, Any]:
+    return {**request.model_dump(mode="json", exclude_none=True), "stream": stream}
 
 
 class HttpGenerator:
@@ -90,12 +93,15 @@ class HttpGenerator:
         listing = await call(self.client, "GET", "/v1/models", service="generation")
         return [m["id"] for m in listing["data"]]
 
-    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await call(self.client, "POST", "/v1/chat/completions", {**body, "stream": False}, service="generation")
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
+        body = _body(request, False)
+        return ChatCompletionResponse.model_validate(
+            await call(self.client, "POST", "/v1/chat/completions", body, service="generation")
+        )
 
-    async def chat_stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ChatCompletionChunk, None]:
         try:
-            async with self.client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as resp:
+            async with self.client.stream("POST", "/v1/chat/completions", json=_body(request, True)) as resp:
                 if resp.status_code >= 400:
                     raw = await resp.aread()
                     try:

@@ -13,7 +13,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from .graph.types import GraphEvidence, GraphMode
-from .types import Chunk, CollectionInfo, DocumentInfo, Fusion, Hit, MetadataFilter, RetrievalMode, StoredChunk
+from .types import (
+    Chunk,
+    CollectionInfo,
+    ContextMode,
+    DocumentInfo,
+    Fusion,
+    Hit,
+    MetadataFilter,
+    RetrievalMode,
+    StoredChunk,
+)
 
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
@@ -226,6 +236,14 @@ class QueryRequest(_Targets):
     )
     rewrite_query: bool = Field(False, description="Turn a follow-up into a standalone question before retrieval.")
     expand_queries: int = Field(0, ge=0, le=4, description="Extra paraphrases retrieved and fused (multi-query).")
+    context: ContextMode | None = Field(
+        None,
+        description="What the model reads of each source: `sentences` (those closest to the question, with their "
+        "neighbours) or `chunks` (whole chunks); default: the service's `context_mode`.",
+    )
+    context_tokens: int | None = Field(
+        None, ge=32, le=8192, description="Token budget of the sources in the prompt; default: `context_tokens`."
+    )
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -247,18 +265,30 @@ class QueryRequest(_Targets):
         return self.query if self.query is not None else (self.messages or [])[-1].content
 
 
-class Citation(BaseModel):
-    number: int
-    id: str
-    collection: str
-    doc_id: str
-    source: str | None = None
+class Quote(BaseModel):
+    """The sentence of a source that supports the answer: `text` is a substring of the source's text,
+    at document offsets `start`..`end`."""
+
     text: str
     start: int
     end: int
-    score: float
+
+
+class Citation(BaseModel):
+    """A numbered source (`/rag/query`, `rag:` chat and the agent); `quote` once the answer cites it."""
+
+    number: int
+    id: str = Field(description="The chunk's id.")
+    collection: str
+    doc_id: str
+    source: str | None = None
+    text: str = Field(description="The chunk's text.")
+    start: int = Field(description="Document offset of the chunk's first character.")
+    end: int
+    score: float | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     graph: GraphEvidence | None = Field(None, description="Graph retrieval: the entities and relations behind it.")
+    quote: Quote | None = Field(None, description="The supporting sentence, on cited sources.")
 
 
 class Usage(BaseModel):
@@ -278,3 +308,50 @@ class QueryResponse(BaseModel):
     usage: Usage
     timings: dict[str, float]
     finish_reason: str | None = None
+
+
+# ---------------------------------------------------------------- /rag/query stream events
+
+
+class RetrievalEvent(BaseModel):
+    """First event: the query used for retrieval and the sources given to the model."""
+
+    type: Literal["retrieval"] = "retrieval"
+    query: str
+    sources: list[Citation]
+
+
+class DeltaEvent(BaseModel):
+    """A piece of the answer's text."""
+
+    type: Literal["delta"] = "delta"
+    text: str
+
+
+class CitationsEvent(BaseModel):
+    """The sources the answer cites, each with its quote, after the last delta."""
+
+    type: Literal["citations"] = "citations"
+    citations: list[Citation]
+
+
+class DoneEvent(BaseModel):
+    """Last event: token usage, stage timings (milliseconds) and finish reason."""
+
+    type: Literal["done"] = "done"
+    model: str
+    usage: Usage
+    timings: dict[str, float]
+    finish_reason: str | None = None
+
+
+class ErrorEvent(BaseModel):
+    """A failure after the stream started (its OpenAI error body), then the end."""
+
+    type: Literal["error"] = "error"
+    error: dict[str, Any]
+
+
+QueryEvent = Annotated[
+    RetrievalEvent | DeltaEvent | CitationsEvent | DoneEvent | ErrorEvent, Field(discriminator="type")
+]

@@ -6,11 +6,12 @@ Routes only turn requests into calls on the loaded `RagService` and results into
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -25,7 +26,7 @@ from services.common.errors import InvalidRequest, ModelNotFound
 from services.common.http import cancel_on_disconnect
 from services.common.protocol import error_responses, sse_response_doc
 from services.common.service import loaded_service, require_key
-from services.common.sse import DONE, sse_data, sse_response
+from services.common.sse import DONE, sse_data, sse_response, typed_events
 from services.generation.protocol import ChatCompletionRequest
 
 from .ingest import Upload
@@ -34,17 +35,22 @@ from .parsing import ParsedDocument, check_url, fetch_options, html_markdown, ki
 from .protocol import (
     ChunkRequest,
     ChunkResponse,
+    CitationsEvent,
     CollectionCreate,
     CollectionList,
     Deleted,
+    DeltaEvent,
     DocumentDetail,
     DocumentIn,
     DocumentList,
+    DoneEvent,
+    ErrorEvent,
     IngestRequest,
     IngestResult,
     Job,
     JobList,
     Message,
+    QueryEvent,
     QueryRequest,
     QueryResponse,
     RerankRequest,
@@ -388,7 +394,7 @@ async def query(body: QueryRequest, request: Request, rag: Rag) -> Response:
     for name in body.targets():
         caller(request).check(name)
     if body.stream:
-        return sse_response(await cancel_on_disconnect(request, rag.answerer.stream(body)))
+        return sse_response(typed_events(await cancel_on_disconnect(request, rag.answerer.stream(body))))
     result = await cancel_on_disconnect(request, rag.answerer.answer(body))
     return JSONResponse(result.model_dump(mode="json"))
 
@@ -426,9 +432,17 @@ async def rag_chat_completions(body: ChatCompletionRequest, request: Request, ra
         answer = await cancel_on_disconnect(request, rag.answerer.answer(req))
         return JSONResponse(
             {
-                "id": cid, "object": "chat.completion", "created": created, "model": body.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer},
-                             "finish_reason": answer.finish_reason or "stop"}],
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": body.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer.answer},
+                        "finish_reason": answer.finish_reason or "stop",
+                    }
+                ],
                 "usage": answer.usage.model_dump(),
                 "sources": [c.model_dump(mode="json") for c in answer.citations],
                 "timings": answer.timings,
@@ -439,7 +453,7 @@ async def rag_chat_completions(body: ChatCompletionRequest, request: Request, ra
 
 
 async def _openai_chunks(
-    events: AsyncIterator[str], cid: str, created: int, model: str, options: Any
+    events: AsyncGenerator[QueryEvent, None], cid: str, created: int, model: str, options: Any
 ) -> AsyncIterator[str]:
     """The RAG events as OpenAI chat chunks; sources ride on the last chunk, which stock clients ignore."""
 
@@ -450,19 +464,19 @@ async def _openai_chunks(
 
     yield chunk({"role": "assistant", "content": ""})
     citations: list[Any] = []
-    async for event in events:
-        data = json.loads(event.split("data: ", 1)[1])
-        if data["type"] == "delta":
-            yield chunk({"content": data["text"]})
-        elif data["type"] == "citations":
-            citations = data["citations"]
-        elif data["type"] == "error":
-            yield sse_data({"error": data["error"]})
-        elif data["type"] == "done":
-            yield chunk({}, data.get("finish_reason") or "stop", sources=citations, timings=data["timings"])
-            if options is not None and getattr(options, "include_usage", False):
-                yield sse_data({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                "choices": [], "usage": data["usage"]})  # fmt: skip
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, DeltaEvent):
+                yield chunk({"content": event.text})
+            elif isinstance(event, CitationsEvent):
+                citations = [c.model_dump(mode="json") for c in event.citations]
+            elif isinstance(event, ErrorEvent):
+                yield sse_data({"error": event.error})
+            elif isinstance(event, DoneEvent):
+                yield chunk({}, event.finish_reason or "stop", sources=citations, timings=event.timings)
+                if options is not None and getattr(options, "include_usage", False):
+                    yield sse_data({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                    "model": model, "choices": [], "usage": event.usage.model_dump()})  # fmt: skip
     yield DONE
 
 
@@ -479,4 +493,3 @@ async def models(request: Request, rag: Rag) -> dict[str, Any]:
     who = caller(request)
     mine = [c for c in await rag.store.list_collections() if who.can(c.name)]
     return {"object": "list", "data": rag_model_cards(mine)}
-

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,6 +29,7 @@ from services.embeddings.models import PACKAGED, resolve_model
 from .answer import Answerer
 from .bm25 import BM25Encoder
 from .chunking import Chunker
+from .context import CachedEmbeddings
 from .generator import Generator, HttpGenerator
 from .graph.llm import LlmExtractor
 from .graph.service import GraphService
@@ -135,6 +137,12 @@ class KnowledgeBase:
     async def list_collections(self) -> list[CollectionInfo]:
         return [c for c in await self.service.store.list_collections() if self.caller.can(c.name)]
 
+    async def embed(self, texts: Sequence[str]) -> Sequence[Any]:
+        return await self.service.sentence_embeddings.embed(texts)
+
+    def count_tokens(self, text: str) -> int:
+        return self.service.count_tokens(text)
+
 
 class RagService:
     def __init__(self, settings: RagSettings, store: VectorStore, links: Links, chunker: Chunker, metrics: RagMetrics):
@@ -147,7 +155,12 @@ class RagService:
         self.ingestor = Ingestor(store, links.embeddings, chunker, self.sparse, settings, metrics, self.graph)
         self.jobs = JobManager(self.ingestor, settings, metrics)
         self.retriever = Retriever(store, links.embeddings, links.embeddings, self.sparse, self.ingestor, self.graph)
-        self.answerer = Answerer(self.retriever, links.generator, settings, metrics)
+        # Sentences of retrieved chunks (context selection, quotes): embedded and counted once each.
+        self.sentence_embeddings = CachedEmbeddings(links.embeddings)
+        self.count_tokens = functools.lru_cache(maxsize=20_000)(chunker.count_tokens)
+        self.answerer = Answerer(
+            self.retriever, links.generator, self.sentence_embeddings, self.count_tokens, settings, metrics
+        )
 
     async def _graph_model(self) -> str:
         return await self.answerer.model(self.settings.graph_llm_model)

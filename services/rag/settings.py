@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.settings import CommonSettings
 
 from .graph.types import GraphMode
+from .types import ContextMode
 
 
 class RagSettings(CommonSettings):
@@ -66,8 +67,16 @@ class RagSettings(CommonSettings):
     chunk_strategy: str = Field("recursive", description="Default chunking strategy (markdown documents: markdown).")
     chunk_size: int = Field(200, ge=16, description="Default chunk size in embedding-model tokens.")
     chunk_overlap: int = Field(30, ge=0, description="Default overlap in tokens (overlap and recursive strategies).")
-    context_chars: int = Field(
-        4000, ge=200, description="Most characters of sources put in an answer's prompt (fits small context windows)."
+    context_mode: ContextMode = Field(
+        "sentences",
+        description="What an answer's prompt shows of each source: `sentences` (the sentences closest to the "
+        "question, with their neighbours, in document order) or `chunks` (whole chunks, best first).",
+    )
+    context_tokens: int = Field(
+        300, ge=32, description="Token budget of the sources in an answer's prompt (embedding-model tokens)."
+    )
+    answer_max_tokens: int = Field(
+        256, ge=1, description="Longest answer of /rag/query and rag: chat when the request gives no max_tokens."
     )
     min_score: float | None = Field(
         None,
@@ -81,6 +90,9 @@ class RagSettings(CommonSettings):
     )
     agent_time_limit: float = Field(120, gt=0, description="Wall-clock seconds an agent run may take.")
     agent_max_observation_chars: int = Field(4000, ge=200, description="Cap on a tool result fed back to the model.")
+    agent_tool_time_limit: float = Field(
+        10, gt=0, description="Seconds one agent tool call may take (it then answers with an error observation)."
+    )
     graph_default: GraphMode = Field(
         "keyphrase",
         description="Knowledge graph of a collection created without saying (`graph` at creation): off, keyphrase "

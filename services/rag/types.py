@@ -14,6 +14,8 @@ from .graph.types import GraphEvidence
 # graph: the collection's knowledge graph (services/rag/graph); hybrid+graph: hybrid and graph fused by RRF
 RetrievalMode = Literal["dense", "sparse", "hybrid", "graph", "hybrid+graph"]
 Fusion = Literal["rrf", "dbsf"]
+# What an answer's prompt shows of each source: the sentences closest to the question, or whole chunks.
+ContextMode = Literal["chunks", "sentences"]
 
 # A metadata filter: {"key": value} (equality), {"key": {"any": [v1, v2]}} (any of),
 # {"key": {"gte": 1, "lt": 5}} (range: gt, gte, lt, lte). Keys are metadata keys; the

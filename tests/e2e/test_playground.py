@@ -127,6 +127,20 @@ def test_graph_picture_behind_an_answer(page: Any) -> None:
     page.select_option("#mode", "hybrid")
 
 
+def test_a_cited_quote_is_highlighted(page: Any) -> None:
+    """A citation's `quote` (document offsets) is marked inside its source's text, whatever the model wrote."""
+    shown = page.evaluate(
+        """() => {
+             const el = document.createElement('div');
+             showSources(el, [{number: 1, source: 'batteries.md', score: 0.9, start: 100,
+                               text: 'Intro. The Zorblax 3000 battery lasts 41 hours. Outro.',
+                               quote: {text: 'The Zorblax 3000 battery lasts 41 hours.', start: 107, end: 147}}]);
+             return el.querySelector('.sources li').innerHTML;
+           }"""
+    )
+    assert "Intro. <mark>The Zorblax 3000 battery lasts 41 hours.</mark> Outro." in shown, shown
+
+
 def test_upload_form_takes_office_files(base: str, page: Any, tmp_path: Path) -> None:
     page.goto(base + "/playground")
     page.fill("#api-key", KEY)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import zlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ class ScriptedChatModel(BaseChatModel):
     fail_on_call: int | None = Field(None, description="Raise on this call (1-based), like an unreachable server.")
     _calls: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
     _kwargs: list[dict[str, Any]] = PrivateAttr(default_factory=list)
+    _cancelled: list[int] = PrivateAttr(default_factory=list)
 
     @property
     def _llm_type(self) -> str:
@@ -45,6 +47,11 @@ class ScriptedChatModel(BaseChatModel):
     @property
     def kwargs(self) -> list[dict[str, Any]]:
         return self._kwargs
+
+    @property
+    def cancelled(self) -> list[int]:
+        """The calls (1-based) cancelled while the model was still writing."""
+        return self._cancelled
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
         return self.bind(tools=list(tools), **kwargs)
@@ -85,7 +92,11 @@ class ScriptedChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         message = self._next(messages, stop, kwargs)
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            try:
+                await asyncio.sleep(self.delay_s)
+            except asyncio.CancelledError:
+                self._cancelled.append(len(self._calls))
+                raise
         text = str(message.content)
         for i in range(0, len(text), self.chunk_size):
             yield ChatGenerationChunk(message=AIMessageChunk(content=text[i : i + self.chunk_size]))
@@ -129,6 +140,17 @@ DOCUMENTS: dict[str, dict[str, list[str]]] = {
 }
 
 
+def bag_of_words(texts: Sequence[str], dimension: int = 64) -> list[list[float]]:
+    """A deterministic stand-in for an embedding model: hashed word counts (shared words → similar)."""
+    vectors = []
+    for text in texts:
+        vector = [0.0] * dimension
+        for word in re.findall(r"\w+", text.lower()):
+            vector[zlib.crc32(word.encode()) % dimension] += 1.0
+        vectors.append(vector)
+    return vectors
+
+
 class MemoryKB:
     """Scores chunks by the query words they contain; records every call."""
 
@@ -169,6 +191,12 @@ class MemoryKB:
         chunks = self._chunks(collection, doc_id)
         info = DocumentInfo(doc_id=doc_id, chunks=len(chunks), version="1", ingested_at=0.0)
         return info, chunks
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return bag_of_words(texts)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
 
     async def list_collections(self) -> list[CollectionInfo]:
         return [

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
 
 from services.rag.agent import react
 from services.rag.agent.react import Malformed, ReactAction, ReactFinal
-from services.rag.agent.sources import cited_numbers
 from services.rag.agent.tools import REGISTRY
 from services.rag.agent.tools.calculator import CalculatorError, evaluate, format_number
+from services.rag.citations import cited_numbers
 
 
 @pytest.mark.parametrize(
@@ -142,11 +146,35 @@ def test_calculator_values(expression: str, value: float) -> None:
         ("sqrt(-1)", "sqrt"),
         ("1 +", "not an arithmetic expression"),
         ("1" * 501, "too long"),
+        ("round(1, -100000000)", "round: the digits"),
+        ("round(2.5, 1.5)", "round: the digits"),
+        ("(10 ** 300) ** 1000", "too large"),
+        ("max(" + "1, " * 60 + "1)", "at most 50 arguments"),
     ],
 )
 def test_calculator_refuses(expression: str, error: str) -> None:
     with pytest.raises(CalculatorError, match=error):
         evaluate(expression)
+
+
+SLOW = ["round(1, -100000000)", "round(7, -99999999) + 1", "(10 ** 300) ** 1000", "(9 ** 999) ** 999"]
+
+
+def test_no_expression_is_slow() -> None:
+    """Each argument is bounded before it is used: these would take minutes (10**(10**8)) unbounded. Run in a
+    child process, so that an unbounded evaluation is a timeout here, not a hung test run."""
+    code = (
+        "import time; from services.rag.agent.tools.calculator import evaluate, CalculatorError\n"
+        f"for e in {SLOW!r}:\n"
+        "    t = time.perf_counter()\n"
+        "    try: evaluate(e)\n"
+        "    except CalculatorError: pass\n"
+        "    assert time.perf_counter() - t < 0.05, e\n"
+    )
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert time.perf_counter() - started < 30
 
 
 def test_number_format() -> None:

@@ -132,7 +132,8 @@ def test_sse_decoding_keeps_order_and_types() -> None:
         ("delta", {"type": "delta", "text": "Hel"}),
         ("delta", {"type": "delta", "text": "lo"}),
         ("future_kind", {"type": "future_kind", "x": 1}),
-        ("done", {"type": "done", "usage": None, "timings": {"total": 1.5}, "finish_reason": "stop"}),
+        ("done", {"type": "done", "model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 2,
+                  "total_tokens": 5}, "timings": {"total": 1.5}, "finish_reason": "stop"}),  # fmt: skip
     ]
     text = "".join(f"event: {name}\ndata: {json.dumps(body)}\n\n" for name, body in events)
     parsed = [parse_query_event(n, d) for n, d in SSEDecoder().events(text.splitlines())]

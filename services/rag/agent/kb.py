@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from services.rag.types import CollectionInfo, DocumentInfo, Hit, StoredChunk
 
@@ -17,3 +18,11 @@ class KnowledgeBase(Protocol):
         ...
 
     async def list_collections(self) -> list[CollectionInfo]: ...
+
+    async def embed(self, texts: Sequence[str]) -> Sequence[Any]:
+        """One embedding per text (sentence selection and quotes)."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text`, as the context budget counts them."""
+        ...

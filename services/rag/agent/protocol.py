@@ -6,10 +6,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.rag.protocol import Citation
 from services.rag.types import RetrievalMode
 
 AgentProtocol = Literal["auto", "native", "react"]
-StoppedReason = Literal["answer", "max_steps", "time_limit", "error"]
+# unsupported: no supported answer (the model said it does not know, or its answer cited no source it had
+# seen, or stated a number no tool gave, again after one correction); the run answers "I don't know" with
+# the sources it found.
+StoppedReason = Literal["answer", "unsupported", "max_steps", "time_limit", "error"]
 
 
 class _Strict(BaseModel):
@@ -50,21 +54,13 @@ class AgentRequest(_Strict):
             raise ValueError("give 'collection' or 'collections'")
         return self
 
+    def question(self) -> str:
+        """The question the run answers: `query`, or the last user message."""
+        return self.query if self.query is not None else (self.messages or [])[-1].content
+
     def target_collections(self) -> list[str]:
         names = ([self.collection] if self.collection else []) + list(self.collections or [])
         return list(dict.fromkeys(n for n in names if n))
-
-
-class Citation(BaseModel):
-    number: int
-    doc_id: str
-    collection: str
-    text: str
-    start: int
-    end: int
-    score: float | None = None
-    chunk_id: str | None = None
-    source: str | None = None
 
 
 class Step(BaseModel):
@@ -122,13 +118,15 @@ class ToolResultEvent(BaseModel):
 
 
 class DeltaEvent(BaseModel):
-    """A piece of the final answer."""
+    """The final answer (sent once checked: it cites what the run observed)."""
 
     type: Literal["delta"] = "delta"
     text: str
 
 
 class CitationsEvent(BaseModel):
+    """The sources the answer cites, each with its quote."""
+
     type: Literal["citations"] = "citations"
     citations: list[Citation]
 

@@ -41,47 +41,30 @@ class AgentRoutes:
         self,
         get_kb: GetKB,
         get_chat_model: GetChatModel,
-        *,
-        native_tools: bool = False,
-        time_limit_s: float = 60.0,
-        max_observation_chars: int = 4000,
+        **options: Any,
     ):
+        """`options` go to `run_agent` (native_tools, time_limit_s, max_observation_chars, tool_time_limit_s,
+        context_mode, context_tokens)."""
         self.get_kb, self.get_chat_model = get_kb, get_chat_model
-        self.options: dict[str, Any] = {
-            "native_tools": native_tools,
-            "time_limit_s": time_limit_s,
-            "max_observation_chars": max_observation_chars,
-        }
+        self.options: dict[str, Any] = options
 
     async def agent(self, body: AgentRequest, request: Request) -> Response:
         """Answer with tools (search, documents, calculator); `stream: true` sends typed events as SSE."""
         kb = await _resolve(self.get_kb(request))
         model = await _resolve(self.get_chat_model(request))
         if body.stream:
-            # The first event is pulled before the response starts, so request and
-            # chat model errors still come back as HTTP errors.
-            events = await peeked(run_agent(body, kb, model, **self.options))
+            # The first event is pulled before the response starts, so request errors (and chat model
+            # errors before it) still come back as HTTP errors; a client gone meanwhile cancels the run.
+            events = await cancel_on_disconnect(request, peeked(run_agent(body, kb, model, **self.options)))
             return sse_response(_encoded(events))
         result = await cancel_on_disconnect(request, agent_response(body, kb, model, **self.options))
         return JSONResponse(result.model_dump(exclude_none=True))
 
 
-def make_agent_router(
-    get_kb: GetKB,
-    get_chat_model: GetChatModel,
-    *,
-    native_tools: bool = False,
-    time_limit_s: float = 60.0,
-    max_observation_chars: int = 4000,
-) -> APIRouter:
-    """A router with `POST /rag/agent`; `native_tools` says the engine parses tool calls (protocol auto → native)."""
-    routes = AgentRoutes(
-        get_kb,
-        get_chat_model,
-        native_tools=native_tools,
-        time_limit_s=time_limit_s,
-        max_observation_chars=max_observation_chars,
-    )
+def make_agent_router(get_kb: GetKB, get_chat_model: GetChatModel, **options: Any) -> APIRouter:
+    """A router with `POST /rag/agent`; `options` as for `run_agent` (`native_tools`: the engine parses tool
+    calls, so protocol auto → native)."""
+    routes = AgentRoutes(get_kb, get_chat_model, **options)
     router = APIRouter(tags=["rag"])
     router.add_api_route(
         "/rag/agent", routes.agent, methods=["POST"], response_model=AgentResponse, responses=_RESPONSES

@@ -17,6 +17,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from services.common.errors import InvalidRequest
+from services.rag.types import ContextMode
 
 from . import react
 from .graph import AGENT_GRAPH, NATIVE_PROMPT, AgentState, RunContext
@@ -36,7 +37,7 @@ from .protocol import (
     ToolCallEvent,
     ToolResultEvent,
 )
-from .sources import SourceBook, resolve_citations
+from .sources import SourceBook
 from .tools import REGISTRY, AgentTool, ToolContext
 
 
@@ -64,8 +65,11 @@ def choose_protocol(requested: str, native_tools: bool) -> Literal["native", "re
 
 
 def initial_messages(request: AgentRequest, tools: dict[str, AgentTool], protocol: str) -> list[BaseMessage]:
-    prompt = react.system_prompt(tools) if protocol == "react" else NATIVE_PROMPT
-    prompt += f"\nSearches cover the collection(s): {', '.join(request.target_collections())}."
+    collections = request.target_collections()
+    if protocol == "react":
+        prompt = react.system_prompt(tools, collections)
+    else:
+        prompt = f"{NATIVE_PROMPT}\nSearches cover the collection(s): {', '.join(collections)}."
     conversation: list[BaseMessage] = []
     extra: list[str] = []
     if request.query is not None:
@@ -90,6 +94,9 @@ async def run_agent(
     time_limit_s: float = 60.0,
     max_observation_chars: int = 4000,
     native_tools: bool = False,
+    tool_time_limit_s: float = 10.0,
+    context_mode: ContextMode = "sentences",
+    context_tokens: int = 300,
 ) -> AsyncGenerator[AgentEvent, None]:
     """Run the agent and yield its events; the last one is `done` unless the chat model fails.
 
@@ -99,9 +106,13 @@ async def run_agent(
     tools = select_tools(request.tools)
     protocol = choose_protocol(request.protocol, native_tools)
     model: Runnable[LanguageModelInput, BaseMessage] = chat_model
+    first_model: Runnable[LanguageModelInput, BaseMessage] | None = None
     if protocol == "native":
+        schemas = [t.openai_schema() for t in tools.values()]
         try:
-            model = chat_model.bind_tools([t.openai_schema() for t in tools.values()])
+            model = chat_model.bind_tools(schemas)
+            if react.SEARCH in tools:  # the first turn must search: a grammar-constrained forced call
+                first_model = chat_model.bind_tools(schemas, tool_choice=react.SEARCH)
         except NotImplementedError:
             raise InvalidRequest(
                 "protocol 'native' needs a chat model with tool calling; use 'react'.", param="protocol"
@@ -112,13 +123,19 @@ async def run_agent(
     if request.temperature is not None:
         kwargs["temperature"] = request.temperature
     sources = SourceBook()
+    tool_context = ToolContext(
+        kb, request.target_collections(), request.top_k, sources, max_observation_chars, context_mode, context_tokens
+    )
     ctx = RunContext(
         model=model,
         protocol=protocol,
         tools=tools,
-        tool_context=ToolContext(kb, request.target_collections(), request.top_k, sources, max_observation_chars),
+        tool_context=tool_context,
         max_steps=request.max_steps,
         max_observation_chars=max_observation_chars,
+        question=request.question(),
+        first_model=first_model,
+        tool_time_limit_s=tool_time_limit_s,
         model_kwargs=kwargs,
     )
     state: AgentState = {
@@ -126,6 +143,7 @@ async def run_agent(
         "turn": 0,
         "steps": 0,
         "failures": 0,
+        "checks": 0,
         "pending": [],
         "outcome": None,
     }
@@ -160,10 +178,10 @@ async def run_agent(
     ctx.timings.model_ms = round(ctx.timings.model_ms, 3)
     ctx.timings.tools_ms = round(ctx.timings.tools_ms, 3)
     done: dict[str, Any] = {"protocol": protocol, "usage": ctx.usage, "timings": ctx.timings}
-    if outcome == "answer" and ctx.answer is not None:
-        citations, invalid = resolve_citations(ctx.answer, sources)
+    if outcome in ("answer", "unsupported") and ctx.answer is not None:
+        citations, invalid = await sources.cite(ctx.answer, kb.embed)
         yield CitationsEvent(citations=citations)
-        yield DoneEvent(stopped_reason="answer", answer=ctx.answer, invalid_citations=invalid, **done)
+        yield DoneEvent(stopped_reason=outcome, answer=ctx.answer, invalid_citations=invalid, **done)
     elif outcome == "max_steps":
         message = f"Stopped after max_steps={request.max_steps} tool steps: the model still had no final answer."
         yield DoneEvent(stopped_reason="max_steps", message=message, **done)
@@ -207,7 +225,7 @@ async def collect_response(events: AsyncIterator[AgentEvent]) -> AgentResponse:
     if done is None:
         raise RuntimeError("the agent's events ended without 'done'")
     return AgentResponse(
-        answer=done.answer if done.stopped_reason == "answer" else None,
+        answer=done.answer if done.stopped_reason in ("answer", "unsupported") else None,
         citations=citations.citations if citations else [],
         steps=list(steps.values()),
         stopped_reason=done.stopped_reason,

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.common.errors import EngineError
+from services.generation.protocol import ChatCompletionRequest
 
 from ..generator import Generator
 from .text import WORD, entity_key, guess_language
@@ -142,10 +143,11 @@ class LlmExtractor:
         limits = (self.max_entities, self.max_relations)
         for _ in range(2):
             async with self._gate:
-                result = await self.generator.chat(self.body(model, text, *limits))
-            choice = result["choices"][0]
-            content = str(choice["message"].get("content") or "")
-            if choice.get("finish_reason") != "length":
+                result = await self.generator.chat(
+                    ChatCompletionRequest.model_validate(self.body(model, text, *limits)))
+            choice = result.choices[0]
+            content = choice.message.content or ""
+            if choice.finish_reason != "length":
                 try:
                     return Extraction.model_validate_json(content)
                 except ValidationError as exc:

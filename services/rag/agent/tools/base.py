@@ -2,6 +2,8 @@
 
 A tool returns the observation text; it may raise, and the agent turns the error
 into an observation. Tools only see the run's `ToolContext`, never the messages.
+CPU work in a tool runs in a worker thread (`asyncio.to_thread`), never on the event
+loop, and the agent bounds every call with its tool time limit.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+
+from services.rag.types import ContextMode
 
 from ..kb import KnowledgeBase
 from ..sources import SourceBook
@@ -24,6 +28,8 @@ class ToolContext:
     top_k: int
     sources: SourceBook
     max_chars: int
+    context_mode: ContextMode = "sentences"
+    context_tokens: int = 300
 
 
 @dataclass(frozen=True)

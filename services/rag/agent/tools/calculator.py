@@ -1,12 +1,15 @@
 """Arithmetic parsed with `ast` and evaluated node by node; never `eval`.
 
 Numbers, + - * / // % **, unary signs, parentheses and round/abs/min/max/sqrt only.
-Exponents and magnitudes are bounded so that no input can hang the process.
+Every argument is bounded before it is used (magnitudes, exponents, the size of a power's
+result, `round`'s digits), so that no input can make one step slow; the agent also runs
+the evaluation in a worker thread under its tool time limit.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import math
 import operator
 from collections.abc import Callable
@@ -18,6 +21,8 @@ from .base import AgentTool, ToolContext
 
 MAX_EXPONENT = 1000
 MAX_MAGNITUDE = 1e300
+MAX_DIGITS = 20  # round(x, n): |n| at most this (round(1, -10**8) would build 10**(10**8))
+MAX_ARGS = 50
 Number = int | float
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
@@ -56,8 +61,8 @@ def _eval(node: ast.AST) -> Number:
         return _check(_UNARY[type(node.op)](_eval(node.operand)))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
-            raise CalculatorError(f"exponent too large (at most {MAX_EXPONENT})")
+        if isinstance(node.op, ast.Pow):
+            _check_power(left, right)
         try:
             value = _BINARY[type(node.op)](left, right)
         except ZeroDivisionError:
@@ -74,13 +79,28 @@ def _eval(node: ast.AST) -> Number:
         and not node.keywords
         and node.args
     ):
+        if len(node.args) > MAX_ARGS:
+            raise CalculatorError(f"{node.func.id}: at most {MAX_ARGS} arguments")
         args = [_eval(a) for a in node.args]
+        if node.func.id == "round" and len(args) == 2:
+            digits = args[1]
+            if not isinstance(digits, int) or abs(digits) > MAX_DIGITS:
+                raise CalculatorError(f"round: the digits must be a whole number from -{MAX_DIGITS} to {MAX_DIGITS}")
         try:
             return _check(_FUNCTIONS[node.func.id](*args))
         except (TypeError, ValueError) as exc:
             raise CalculatorError(f"{node.func.id}: {exc}") from None
     allowed = ", ".join(_FUNCTIONS)
     raise CalculatorError(f"only numbers, + - * / // % **, parentheses and {allowed} are allowed")
+
+
+def _check_power(base: Number, exponent: Number) -> None:
+    """Refuse a power whose result would be too large before computing it (an int power is exact, so
+    (10**300)**1000 would build a million-digit number first)."""
+    if abs(exponent) > MAX_EXPONENT:
+        raise CalculatorError(f"exponent too large (at most {MAX_EXPONENT})")
+    if abs(base) > 1 and exponent > 0 and exponent * math.log10(abs(base)) > math.log10(MAX_MAGNITUDE):
+        raise CalculatorError("result too large")
 
 
 def _check(value: Any) -> Number:
@@ -104,7 +124,8 @@ class CalculatorArgs(BaseModel):
 
 
 async def calculate(args: CalculatorArgs, _: ToolContext) -> str:
-    return f"{args.expression.strip()} = {format_number(evaluate(args.expression))}"
+    value = await asyncio.to_thread(evaluate, args.expression)  # CPU work: off the event loop
+    return f"{args.expression.strip()} = {format_number(value)}"
 
 
 TOOL = AgentTool(
