@@ -1,4 +1,4 @@
-"""The `inferag` command: talk to a running stack (chat, ask, ingest, collections, eval), run it (serve),
+"""The `inferag` command: talk to a running stack (chat, ask, ingest, collections, eval, perplexity), run it (serve),
 prepare weights offline (weights ...).
 
 Every client command reads the stack's address from `--url` / `INFERAG_BASE_URL` (default
@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import glob
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -508,6 +509,51 @@ def _stream_chat(client: Any, model: str, history: list[dict[str, str]], max_tok
         raise InferagError(exc.status_code, body if "error" in body else {"error": body}) from exc
     show.print()
     return "".join(pieces)
+
+
+# ---------------------------------------------------------------- perplexity
+
+_PERPLEXITY_BATCH = 64  # the route's limit of texts per request
+
+
+@app.command()
+def perplexity(
+    file: Annotated[str, typer.Argument(help="Text file, one text per line ('-': standard input).")],
+    model: Annotated[str | None, typer.Option(help="Generation model; default: the stack's.")] = None,
+    whole: Annotated[bool, typer.Option("--whole", help="Score the whole file as one text.")] = False,
+    url: Url = None,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """How plausible the model finds each text: tokens, mean negative logprob (nats) and perplexity, then the
+    whole file's (token-weighted). Lower is more plausible."""
+    if file != "-" and not Path(file).is_file():
+        raise typer.BadParameter(f"{file} is not a file", param_hint="FILE")
+    text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+    texts = [text] if whole else [line for line in text.splitlines() if line.strip()]
+    if not texts or not any(t.strip() for t in texts):
+        raise typer.BadParameter(f"{file} holds no text", param_hint="FILE")
+    with _errors(json_out), _client(url, api_key) as client:
+        model = _chat_model(client, model)
+        data = []
+        for start in range(0, len(texts), _PERPLEXITY_BATCH):
+            result = client.perplexity(texts[start : start + _PERPLEXITY_BATCH], model=model)
+            data += [d.model_copy(update={"index": start + d.index}) for d in result.data]
+    scored = sum(len(d.tokens) - 1 for d in data)
+    total_nll = sum(d.nll * (len(d.tokens) - 1) for d in data) / scored
+    overall = {"tokens": scored, "nll": total_nll, "perplexity": math.exp(min(total_nll, 700.0))}
+    if json_out:
+        _emit({"model": model, "data": [d.model_dump(mode="json") for d in data], "overall": overall})
+        return
+    table = Table(title=f"perplexity under {model}", title_justify="left")
+    for column in ("#", "tokens", "nll", "perplexity", "text"):
+        table.add_column(column, overflow="fold")
+    for d, t in zip(data, texts, strict=True):
+        snippet = " ".join(t.split())
+        table.add_row(str(d.index + 1), str(len(d.tokens)), f"{d.nll:.3f}", f"{d.perplexity:.2f}",
+                      snippet[:77] + "..." if len(snippet) > 80 else snippet)  # fmt: skip
+    out.print(table)
+    out.print(f"overall: {scored} scored tokens, nll {total_nll:.3f}, perplexity {overall['perplexity']:.2f}")
 
 
 # ---------------------------------------------------------------- eval

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
+from services.generation.protocol import PerplexityRequest, PerplexityResponse
 from services.rag.agent.protocol import AgentRequest, AgentResponse
 from services.rag.graph.types import EntityDetail, EntityList, GraphStats
 from services.rag.protocol import (
@@ -338,6 +339,16 @@ def graph_entity(collection: str, entity_id: str) -> Call[EntityDetail]:
 def graph_export(collection: str, format: str = "graphml") -> Call[bytes]:
     path = f"/rag/collections/{_seg(collection)}/graph/export"
     return Call("GET", path, lambda response: response.content, params={"format": format})
+
+
+def perplexity(
+    texts: str | Sequence[str], *, model: str, top_logprobs: int | None = None
+) -> Call[PerplexityResponse]:
+    values: dict[str, Any] = {"model": model, "input": texts if isinstance(texts, str) else list(texts)}
+    if top_logprobs is not None:
+        values["top_logprobs"] = top_logprobs
+    request = PerplexityRequest.model_validate(values)
+    return Call("POST", "/v1/perplexity", _model(PerplexityResponse), json=_body(request))
 
 
 def models() -> Call[ModelList]:

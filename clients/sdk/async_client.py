@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
+from services.generation.protocol import PerplexityResponse
 from services.rag.graph.types import EntityDetail, EntityList, GraphStats
 from services.rag.protocol import (
     ChunkResponse,
@@ -354,6 +355,12 @@ class AsyncInferagClient(ClientBase):
             query, messages=messages, collection=collection, collections=collections, stream=True, options=options
         )
         return await self._stream(call, parse_agent_event)
+
+    async def perplexity(
+        self, texts: str | Sequence[str], *, model: str, top_logprobs: int | None = None
+    ) -> PerplexityResponse:
+        """Per-token logprobs and perplexity of each text under `model` (`/v1/perplexity`)."""
+        return await self._request(_core.perplexity(texts, model=model, top_logprobs=top_logprobs))
 
     async def models(self) -> ModelList:
         return await self._request(_core.models())

@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
+from services.generation.protocol import PerplexityResponse
 from services.rag.graph.types import EntityDetail, EntityList, GraphStats
 from services.rag.protocol import (
     ChunkResponse,
@@ -355,6 +356,12 @@ class InferagClient(ClientBase):
             query, messages=messages, collection=collection, collections=collections, stream=True, options=options
         )
         return self._stream(call, parse_agent_event)
+
+    def perplexity(
+        self, texts: str | Sequence[str], *, model: str, top_logprobs: int | None = None
+    ) -> PerplexityResponse:
+        """Per-token logprobs and perplexity of each text under `model` (`/v1/perplexity`)."""
+        return self._request(_core.perplexity(texts, model=model, top_logprobs=top_logprobs))
 
     def models(self) -> ModelList:
         return self._request(_core.models())

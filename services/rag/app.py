@@ -15,7 +15,9 @@ from prometheus_client import CollectorRegistry
 
 from services.common.logging import setup_logging
 from services.common.service import build_service_app, require_key, serve
+from services.generation.responses.store import ResponseStore
 
+from . import responses
 from .agent import make_agent_router
 from .graph.router import router as graph_router
 from .metrics import RagMetrics
@@ -43,6 +45,7 @@ def api_router(settings: RagSettings) -> APIRouter:
     api.include_router(router)
     api.include_router(graph_router)
     api.include_router(agent, dependencies=[Depends(require_key)])
+    responses.install(api)
     return api
 
 
@@ -91,9 +94,11 @@ def build_app(
     async def close(service: RagService) -> None:
         await service.close()
 
-    return build_service_app(
+    app = build_service_app(
         "rag", settings, registry, load, close, api_router(settings), body_limit=settings.max_upload_bytes
     )
+    app.state.responses_store = ResponseStore(settings.responses_store_size, int(settings.responses_store_mib * 2**20))
+    return app
 
 
 def refuse_locked_store(settings: RagSettings) -> None:

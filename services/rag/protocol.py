@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from services.generation.protocol import Seed
+
 from .graph.types import GraphEvidence, GraphMode
 from .types import (
     Chunk,
@@ -248,7 +250,7 @@ class QueryRequest(_Targets):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: Seed | None = None
     stream: bool = False
 
     @model_validator(mode="after")

@@ -81,11 +81,12 @@ async def http_links(settings: RagSettings) -> Links:
     assert settings.embeddings_url and settings.generation_url
     gen_client = _client(settings, settings.generation_url)
     emb_client = _client(settings, settings.embeddings_url)
-    generator = HttpGenerator(gen_client)
+    retry = settings.upstream_retry()
+    generator = HttpGenerator(gen_client, retry)
     delay = 0.5
     while True:
         try:
-            embeddings = await HttpEmbeddings.connect(settings.embeddings_url, client=emb_client)
+            embeddings = await HttpEmbeddings.connect(settings.embeddings_url, client=emb_client, retry=retry)
             await generator.models()
             break
         except InferagError as exc:  # unreachable, or 503 while they load

@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import CommonSettings
+from services.common.upstream import Retry
 
 from .graph.types import GraphMode
 from .types import ContextMode
@@ -58,6 +59,14 @@ class RagSettings(CommonSettings):
     )
     generation_model: str | None = Field(None, description="Served model that answers; default: the first listed.")
     upstream_timeout: float = Field(300, gt=0, description="Seconds a call to an upstream service may take.")
+    upstream_retries: int = Field(
+        3, ge=0, le=10,
+        description="Retries of a call to the embeddings or generation service refused with 429/503 (or not "
+        "reached); generation is retried only when it had not started. Backoff with jitter, Retry-After obeyed.",
+    )  # fmt: skip
+    upstream_retry_max_wait: float = Field(
+        10, gt=0, description="Longest wait before a retry, in seconds; an upstream asking for longer is not retried."
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest request body (uploads): 413 over.")
     background_threshold_bytes: int = Field(
         1024 * 1024, ge=0, description="Ingestion requests larger than this run as a background job (202)."
@@ -90,6 +99,10 @@ class RagSettings(CommonSettings):
     )
     agent_time_limit: float = Field(120, gt=0, description="Wall-clock seconds an agent run may take.")
     agent_max_observation_chars: int = Field(4000, ge=200, description="Cap on a tool result fed back to the model.")
+    responses_store_size: int = Field(
+        1000, ge=0, description="`rag:` responses kept for `previous_response_id` and GET /v1/responses/{id}."
+    )
+    responses_store_mib: float = Field(64, gt=0, description="Most memory (MiB of JSON) those responses may take.")
     agent_tool_time_limit: float = Field(
         10, gt=0, description="Seconds one agent tool call may take (it then answers with an error observation)."
     )
@@ -149,6 +162,9 @@ class RagSettings(CommonSettings):
 
     def store_path(self) -> str:
         return self.qdrant_path or str(Path(self.data_dir) / "qdrant")
+
+    def upstream_retry(self) -> Retry:
+        return Retry(attempts=self.upstream_retries + 1, max_wait_s=self.upstream_retry_max_wait)
 
     def upstream_key(self) -> str | None:
         key = self.upstream_api_key or self.api_key
