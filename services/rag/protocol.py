@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from services.generation.protocol import Seed
 
+from .graph.types import GraphEvidence, GraphMode
 from .types import (
     Chunk,
     CollectionInfo,
@@ -44,6 +45,11 @@ class _Strict(BaseModel):
 
 class CollectionCreate(_Strict):
     name: CollectionName
+    graph: GraphMode | None = Field(
+        None,
+        description="Knowledge graph extracted at ingestion: off, keyphrase (model-free) or llm (the generation "
+        "model, structured output); default: the service's `graph_default` (keyphrase).",
+    )
 
 
 class CollectionList(BaseModel):
@@ -283,6 +289,7 @@ class Citation(BaseModel):
     end: int
     score: float | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    graph: GraphEvidence | None = Field(None, description="Graph retrieval: the entities and relations behind it.")
     quote: Quote | None = Field(None, description="The supporting sentence, on cited sources.")
 
 

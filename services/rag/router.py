@@ -98,9 +98,11 @@ async def list_collections(request: Request, rag: Rag) -> CollectionList:
 
 @router.post("/rag/collections", response_model=CollectionInfo, responses=_BODY_ERRORS, tags=["rag"])
 async def create_collection(body: CollectionCreate, request: Request, rag: Rag) -> CollectionInfo:
-    """Create a collection for the served embedding model (idempotent)."""
+    """Create a collection for the served embedding model (idempotent; 409 if it exists with another graph)."""
     caller(request).check(body.name, write=True)
-    await rag.ingestor.ensure_collection(body.name)
+    await rag.ingestor.ensure_collection(body.name, graph=body.graph)
+    if body.graph is not None:
+        await rag.graph.check_mode(body.name, body.graph)
     return await rag.store.get_collection(body.name)
 
 
@@ -115,6 +117,7 @@ async def delete_collection(name: str, request: Request, rag: Rag) -> Deleted:
     caller(request).check(name, write=True)
     await rag.store.get_collection(name)
     await rag.store.delete_collection(name)
+    rag.graph.collection_deleted(name)
     return Deleted(id=name, object="collection")
 
 
@@ -318,6 +321,7 @@ async def get_document(name: str, doc_id: str, request: Request, rag: Rag) -> Do
 async def delete_document(name: str, doc_id: str, request: Request, rag: Rag) -> Deleted:
     caller(request).check(name, write=True)
     await rag.store.delete_document(name, doc_id)
+    await rag.graph.document_deleted(name, doc_id)
     return Deleted(id=doc_id, object="document")
 
 

@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.settings import CommonSettings
 from services.common.upstream import Retry
 
+from .graph.types import GraphMode
 from .types import ContextMode
 
 
@@ -105,6 +106,17 @@ class RagSettings(CommonSettings):
     agent_tool_time_limit: float = Field(
         10, gt=0, description="Seconds one agent tool call may take (it then answers with an error observation)."
     )
+    graph_default: GraphMode = Field(
+        "keyphrase",
+        description="Knowledge graph of a collection created without saying (`graph` at creation): off, keyphrase "
+        "(model-free) or llm (extraction by the generation model).",
+    )
+    graph_keyphrases: int = Field(8, ge=0, le=64, description="Keyphrases taken per chunk by the keyphrase extractor.")
+    graph_hops: int = Field(2, ge=0, le=3, description="Relations walked from the entities a query matches.")
+    graph_seeds: int = Field(8, ge=0, le=100, description="Entities matched to a query by vector (beside name).")
+    graph_llm_model: str | None = Field(None, description="Model of the llm extractor; default: the answering one.")
+    graph_llm_concurrency: int = Field(4, ge=1, description="Chunks the llm extractor sends at once.")
+    graph_llm_max_tokens: int = Field(1024, ge=64, description="Reply budget of one llm extraction.")
 
     # ---- parsing (services/rag/parsing): bounds, OCR, web pages
     max_expanded_bytes: int = Field(

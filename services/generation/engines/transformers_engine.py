@@ -447,7 +447,9 @@ class TransformersEngine:
             )
 
     def _compile_grammar(self, schema: dict[str, Any]) -> Any:
-        key = json.dumps(schema, sort_keys=True)
+        # not sorted: the grammar writes properties in the order the schema lists them (as OpenAI's structured
+        # outputs do), and a model fills "name" before "description" better than the other way round
+        key = json.dumps(schema)
         with self._grammar_lock:
             cached = self._grammar_cache.get(key)
             if cached is not None:
