@@ -1,4 +1,4 @@
-"""The `inferag` command: talk to a running stack (chat, ask, ingest, collections, eval), run it (serve),
+"""The `inferag` command: talk to a running stack (chat, ask, ingest, collections, eval, perplexity), run it (serve),
 prepare weights offline (weights ...).
 
 Every client command reads the stack's address from `--url` / `INFERAG_BASE_URL` (default
@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import glob
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -34,6 +35,9 @@ collections_app = typer.Typer(
     invoke_without_command=True,
 )
 app.add_typer(collections_app, name="collections")
+graph_app = typer.Typer(help="A collection's knowledge graph: entities, one entity, stats, export.",
+                        no_args_is_help=True)
+app.add_typer(graph_app, name="graph")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -119,11 +123,22 @@ def collections(ctx: typer.Context, url: Url = None, api_key: ApiKey = None, jso
 
 
 @collections_app.command("create")
-def collections_create(name: str, url: Url = None, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
+def collections_create(
+    name: str,
+    graph: Annotated[
+        str | None, typer.Option(help="Knowledge graph: off, keyphrase or llm (default: the stack's, keyphrase).")
+    ] = None,
+    url: Url = None,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
     """Create an empty collection."""
     with _errors(json_out), _client(url, api_key) as client:
-        info = client.collections.create(name)
-    _emit(info) if json_out else out.print(f"created [bold]{info.name}[/] ({info.dimension} dimensions)")
+        info = client.collections.create(name, graph=graph)
+    if json_out:
+        _emit(info)
+        return
+    out.print(f"created [bold]{info.name}[/] ({info.dimension} dimensions, graph {info.settings.get('graph', 'off')})")
 
 
 @collections_app.command("delete")
@@ -184,6 +199,90 @@ def collections_migrate(
         err.print(f"[red]error[/]: {exc.message}")
         raise typer.Exit(1) from exc
     out.print(f"migrated {len(copied)} collections ({sum(copied.values())} points) in {folder}")
+
+
+# ---------------------------------------------------------------- graph
+
+
+@graph_app.command("entities")
+def graph_entities(
+    collection: Collection,
+    query: Annotated[
+        str | None, typer.Argument(help="Match by name, then by meaning; none: the most connected.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Most entities listed.")] = 20,
+    url: Url = None,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Entities of a collection's graph with their type, degree and mentions."""
+    with _errors(json_out), _client(url, api_key) as client:
+        listing = client.graph.entities(collection, query, limit=limit)
+    if json_out:
+        _emit(listing)
+        return
+    table = Table(title=f"{len(listing.data)} of {listing.total} entities")
+    for column in ("name", "type", "degree", "chunks", "documents", "score", "id"):
+        table.add_column(column)
+    for e in listing.data:
+        score = "" if e.score is None else f"{e.score:.3f}"
+        table.add_row(e.name, e.type, str(e.degree), str(e.chunks), str(e.documents), score, e.id)
+    out.print(table if listing.data else "[dim]no entities[/]")
+
+
+@graph_app.command("entity")
+def graph_entity(
+    collection: Collection, entity_id: str, url: Url = None, api_key: ApiKey = None, json_out: JsonOut = False
+) -> None:
+    """One entity: its relations and the chunks that mention it."""
+    with _errors(json_out), _client(url, api_key) as client:
+        detail = client.graph.entity(collection, entity_id)
+    if json_out:
+        _emit(detail)
+        return
+    out.print(f"[bold]{detail.name}[/] ({detail.type}) — {detail.degree} relations, {detail.chunks} chunks "
+              f"in {detail.documents} documents")
+    for description in detail.descriptions:
+        out.print(f"  {description}", markup=False)
+    table = Table(title="relations")
+    for column in ("with", "weight", "description", "documents"):
+        table.add_column(column)
+    for r in detail.relations:
+        other = r.target_name if r.source == detail.id else r.source_name
+        table.add_row(other, f"{r.weight:g}", r.description, ", ".join(r.doc_ids))
+    out.print(table)
+    out.print("chunks: " + ", ".join(f"{c.doc_id}#{c.chunk_index}" for c in detail.linked_chunks), markup=False)
+
+
+@graph_app.command("stats")
+def graph_stats(collection: Collection, url: Url = None, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
+    """How the graph is made and how big it is."""
+    with _errors(json_out), _client(url, api_key) as client:
+        stats = client.graph.stats(collection)
+    if json_out:
+        _emit(stats)
+        return
+    out.print(f"{collection}: graph {stats.mode}, {stats.entities} entities, {stats.relations} relations, "
+              f"{stats.chunks} chunks of {stats.documents} documents")
+
+
+@graph_app.command("export")
+def graph_export(
+    collection: Collection,
+    format: Annotated[str, typer.Option("--format", help="graphml or json (NetworkX node-link).")] = "graphml",
+    output: Annotated[Path | None, typer.Option("--out", help="File to write; default: stdout.")] = None,
+    url: Url = None,
+    api_key: ApiKey = None,
+) -> None:
+    """The whole graph, for Gephi, yEd, Neo4j (GraphML import) or NetworkX."""
+    with _errors(False), _client(url, api_key) as client:
+        data = client.graph.export(collection, format)
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        output.write_bytes(data)
+        err.print(f"wrote {output} ({len(data)} bytes)")
 
 
 # ---------------------------------------------------------------- ingest
@@ -283,7 +382,7 @@ def ask(
     collection: Collection,
     top_k: Annotated[int, typer.Option(help="Chunks retrieved before reranking.")] = 20,
     rerank_top_n: Annotated[int, typer.Option(help="Sources given to the model (0: no rerank).")] = 5,
-    mode: Annotated[str, typer.Option(help="dense, sparse or hybrid.")] = "hybrid",
+    mode: Annotated[str, typer.Option(help="dense, sparse, hybrid, graph or hybrid+graph.")] = "hybrid",
     max_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
     model: Annotated[str | None, typer.Option(help="Generation model; default: the stack's.")] = None,
     url: Url = None,
@@ -412,6 +511,51 @@ def _stream_chat(client: Any, model: str, history: list[dict[str, str]], max_tok
     return "".join(pieces)
 
 
+# ---------------------------------------------------------------- perplexity
+
+_PERPLEXITY_BATCH = 64  # the route's limit of texts per request
+
+
+@app.command()
+def perplexity(
+    file: Annotated[str, typer.Argument(help="Text file, one text per line ('-': standard input).")],
+    model: Annotated[str | None, typer.Option(help="Generation model; default: the stack's.")] = None,
+    whole: Annotated[bool, typer.Option("--whole", help="Score the whole file as one text.")] = False,
+    url: Url = None,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """How plausible the model finds each text: tokens, mean negative logprob (nats) and perplexity, then the
+    whole file's (token-weighted). Lower is more plausible."""
+    if file != "-" and not Path(file).is_file():
+        raise typer.BadParameter(f"{file} is not a file", param_hint="FILE")
+    text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
+    texts = [text] if whole else [line for line in text.splitlines() if line.strip()]
+    if not texts or not any(t.strip() for t in texts):
+        raise typer.BadParameter(f"{file} holds no text", param_hint="FILE")
+    with _errors(json_out), _client(url, api_key) as client:
+        model = _chat_model(client, model)
+        data = []
+        for start in range(0, len(texts), _PERPLEXITY_BATCH):
+            result = client.perplexity(texts[start : start + _PERPLEXITY_BATCH], model=model)
+            data += [d.model_copy(update={"index": start + d.index}) for d in result.data]
+    scored = sum(len(d.tokens) - 1 for d in data)
+    total_nll = sum(d.nll * (len(d.tokens) - 1) for d in data) / scored
+    overall = {"tokens": scored, "nll": total_nll, "perplexity": math.exp(min(total_nll, 700.0))}
+    if json_out:
+        _emit({"model": model, "data": [d.model_dump(mode="json") for d in data], "overall": overall})
+        return
+    table = Table(title=f"perplexity under {model}", title_justify="left")
+    for column in ("#", "tokens", "nll", "perplexity", "text"):
+        table.add_column(column, overflow="fold")
+    for d, t in zip(data, texts, strict=True):
+        snippet = " ".join(t.split())
+        table.add_row(str(d.index + 1), str(len(d.tokens)), f"{d.nll:.3f}", f"{d.perplexity:.2f}",
+                      snippet[:77] + "..." if len(snippet) > 80 else snippet)  # fmt: skip
+    out.print(table)
+    out.print(f"overall: {scored} scored tokens, nll {total_nll:.3f}, perplexity {overall['perplexity']:.2f}")
+
+
 # ---------------------------------------------------------------- eval
 
 
@@ -421,7 +565,7 @@ def evaluate(
     collection: Collection,
     configs: Annotated[
         str, typer.Option(help="Comma-separated retrieval configs.")
-    ] = "dense,sparse,hybrid,hybrid+rerank",
+    ] = "dense,sparse,hybrid,hybrid+rerank,graph,hybrid+graph",
     answers: Annotated[bool, typer.Option(help="Also answer the QA questions through /rag/query.")] = True,
     ingest_corpus: Annotated[bool, typer.Option("--ingest/--no-ingest", help="Ingest the corpus first.")] = True,
     limit: Annotated[int | None, typer.Option(help="Only the first N queries and questions.")] = None,
@@ -471,7 +615,7 @@ async def _evaluate(
             await _ingest_corpus(client, collection, data.corpus)
 
         async def retrieve(query: str, config: str) -> list[str]:
-            mode, _, rerank = config.partition("+")
+            mode, rerank = rag_eval.parse_config(config)
             hits = (await client.retrieve(query, collection=collection, top_k=top_k, mode=mode)).data
             if rerank and hits:
                 ranked = await client.rerank(query, hits=hits)

@@ -46,17 +46,23 @@ def minimal_pdf(text: str) -> bytes:
 
 @contextlib.asynccontextmanager
 async def rag_stack(
-    tiny_model_dir: Path, *, api_key: str | None = None, common: dict[str, Any] | None = None, **rag: Any
+    tiny_model_dir: Path,
+    *,
+    api_key: str | None = None,
+    common: dict[str, Any] | None = None,
+    embeddings: dict[str, Any] | None = None,
+    **rag: Any,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
     """A client on the in-process gateway, once every service is ready.
 
-    `common` settings (keys, rate limits, CORS...) apply to every service; `rag` to the RAG service.
+    `common` settings (keys, rate limits, CORS...) apply to every service, `embeddings` to the embeddings
+    service, `rag` to the RAG service.
     """
     shared: dict[str, Any] = {"api_key": api_key, **(common or {})}
     gateway = build_gateway(
         GatewaySettings(**shared),
         tiny_settings(tiny_model_dir, **shared),
-        EmbeddingsSettings(sparse_model="none", num_threads=1, **shared),
+        EmbeddingsSettings(**{"sparse_model": "none", "num_threads": 1, **shared, **(embeddings or {})}),
         RagSettings(**{"qdrant_path": ":memory:", **shared, **rag}),
     )
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -19,7 +19,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
+from services.generation.protocol import PerplexityRequest, PerplexityResponse
 from services.rag.agent.protocol import AgentRequest, AgentResponse
+from services.rag.graph.types import EntityDetail, EntityList, GraphStats
 from services.rag.protocol import (
     ChunkRequest,
     ChunkResponse,
@@ -114,8 +116,8 @@ def list_collections() -> Call[CollectionList]:
     return Call("GET", "/rag/collections", _model(CollectionList))
 
 
-def create_collection(name: str) -> Call[CollectionInfo]:
-    body = _body(CollectionCreate(name=name))
+def create_collection(name: str, graph: str | None = None) -> Call[CollectionInfo]:
+    body = _body(CollectionCreate.model_validate({"name": name, **({"graph": graph} if graph is not None else {})}))
     return Call("POST", "/rag/collections", _model(CollectionInfo), json=body, idempotent=False)
 
 
@@ -314,6 +316,39 @@ def agent(
     values = {**_question(query, messages, collection, collections), **options, "stream": stream}
     request = AgentRequest.model_validate(values)
     return Call("POST", "/rag/agent", _model(AgentResponse), json=_body(request), idempotent=False)
+
+
+def graph_stats(collection: str) -> Call[GraphStats]:
+    return Call("GET", f"/rag/collections/{_seg(collection)}/graph", _model(GraphStats))
+
+
+def graph_rebuild(collection: str) -> Call[GraphStats]:
+    return Call("POST", f"/rag/collections/{_seg(collection)}/graph/rebuild", _model(GraphStats), idempotent=False)
+
+
+def graph_entities(collection: str, q: str | None = None, limit: int | None = None) -> Call[EntityList]:
+    params = {k: v for k, v in {"q": q, "limit": limit}.items() if v is not None}
+    return Call("GET", f"/rag/collections/{_seg(collection)}/graph/entities", _model(EntityList), params=params)
+
+
+def graph_entity(collection: str, entity_id: str) -> Call[EntityDetail]:
+    path = f"/rag/collections/{_seg(collection)}/graph/entities/{_seg(entity_id)}"
+    return Call("GET", path, _model(EntityDetail))
+
+
+def graph_export(collection: str, format: str = "graphml") -> Call[bytes]:
+    path = f"/rag/collections/{_seg(collection)}/graph/export"
+    return Call("GET", path, lambda response: response.content, params={"format": format})
+
+
+def perplexity(
+    texts: str | Sequence[str], *, model: str, top_logprobs: int | None = None
+) -> Call[PerplexityResponse]:
+    values: dict[str, Any] = {"model": model, "input": texts if isinstance(texts, str) else list(texts)}
+    if top_logprobs is not None:
+        values["top_logprobs"] = top_logprobs
+    request = PerplexityRequest.model_validate(values)
+    return Call("POST", "/v1/perplexity", _model(PerplexityResponse), json=_body(request))
 
 
 def models() -> Call[ModelList]:

@@ -11,6 +11,8 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
+from services.generation.protocol import PerplexityResponse
+from services.rag.graph.types import EntityDetail, EntityList, GraphStats
 from services.rag.protocol import (
     ChunkResponse,
     CollectionList,
@@ -81,8 +83,9 @@ class AsyncCollections:
     async def list(self) -> CollectionList:
         return await self._c._request(_core.list_collections())
 
-    async def create(self, name: str) -> CollectionInfo:
-        return await self._c._request(_core.create_collection(name))
+    async def create(self, name: str, *, graph: str | None = None) -> CollectionInfo:
+        """Create a collection; `graph`: off, keyphrase or llm (default: the service's, keyphrase)."""
+        return await self._c._request(_core.create_collection(name, graph))
 
     async def get(self, name: str) -> CollectionInfo:
         return await self._c._request(_core.get_collection(name))
@@ -145,6 +148,31 @@ class AsyncDocuments:
         return await self._c._request(_core.delete_document(collection, doc_id))
 
 
+class AsyncGraph:
+    """A collection's knowledge graph: stats, entities, one entity, export, rebuild."""
+
+    def __init__(self, client: AsyncInferagClient):
+        self._c = client
+
+    async def stats(self, collection: str) -> GraphStats:
+        return await self._c._request(_core.graph_stats(collection))
+
+    async def entities(self, collection: str, q: str | None = None, *, limit: int | None = None) -> EntityList:
+        """Entities matching `q` (name, then meaning), or the most connected ones."""
+        return await self._c._request(_core.graph_entities(collection, q, limit))
+
+    async def entity(self, collection: str, entity_id: str) -> EntityDetail:
+        """An entity's neighbours, relations and linked chunks."""
+        return await self._c._request(_core.graph_entity(collection, entity_id))
+
+    async def export(self, collection: str, format: str = "graphml") -> bytes:
+        """The whole graph as GraphML or node-link JSON."""
+        return await self._c._request(_core.graph_export(collection, format))
+
+    async def rebuild(self, collection: str) -> GraphStats:
+        return await self._c._request(_core.graph_rebuild(collection))
+
+
 class AsyncJobs:
     def __init__(self, client: AsyncInferagClient):
         self._c = client
@@ -199,6 +227,7 @@ class AsyncInferagClient(ClientBase):
         )  # fmt: skip
         self._http = httpx.AsyncClient(transport=transport, **self._client_options())
         self.collections = AsyncCollections(self)
+        self.graph = AsyncGraph(self)
         self.documents = AsyncDocuments(self)
         self.jobs = AsyncJobs(self)
 
@@ -326,6 +355,12 @@ class AsyncInferagClient(ClientBase):
             query, messages=messages, collection=collection, collections=collections, stream=True, options=options
         )
         return await self._stream(call, parse_agent_event)
+
+    async def perplexity(
+        self, texts: str | Sequence[str], *, model: str, top_logprobs: int | None = None
+    ) -> PerplexityResponse:
+        """Per-token logprobs and perplexity of each text under `model` (`/v1/perplexity`)."""
+        return await self._request(_core.perplexity(texts, model=model, top_logprobs=top_logprobs))
 
     async def models(self) -> ModelList:
         return await self._request(_core.models())

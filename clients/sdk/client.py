@@ -10,6 +10,8 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
+from services.generation.protocol import PerplexityResponse
+from services.rag.graph.types import EntityDetail, EntityList, GraphStats
 from services.rag.protocol import (
     ChunkResponse,
     CollectionList,
@@ -80,8 +82,9 @@ class Collections:
     def list(self) -> CollectionList:
         return self._c._request(_core.list_collections())
 
-    def create(self, name: str) -> CollectionInfo:
-        return self._c._request(_core.create_collection(name))
+    def create(self, name: str, *, graph: str | None = None) -> CollectionInfo:
+        """Create a collection; `graph`: off, keyphrase or llm (default: the service's, keyphrase)."""
+        return self._c._request(_core.create_collection(name, graph))
 
     def get(self, name: str) -> CollectionInfo:
         return self._c._request(_core.get_collection(name))
@@ -142,6 +145,31 @@ class Documents:
         return self._c._request(_core.delete_document(collection, doc_id))
 
 
+class Graph:
+    """A collection's knowledge graph: stats, entities, one entity, export, rebuild."""
+
+    def __init__(self, client: InferagClient):
+        self._c = client
+
+    def stats(self, collection: str) -> GraphStats:
+        return self._c._request(_core.graph_stats(collection))
+
+    def entities(self, collection: str, q: str | None = None, *, limit: int | None = None) -> EntityList:
+        """Entities matching `q` (name, then meaning), or the most connected ones."""
+        return self._c._request(_core.graph_entities(collection, q, limit))
+
+    def entity(self, collection: str, entity_id: str) -> EntityDetail:
+        """An entity's neighbours, relations and linked chunks."""
+        return self._c._request(_core.graph_entity(collection, entity_id))
+
+    def export(self, collection: str, format: str = "graphml") -> bytes:
+        """The whole graph as GraphML or node-link JSON."""
+        return self._c._request(_core.graph_export(collection, format))
+
+    def rebuild(self, collection: str) -> GraphStats:
+        return self._c._request(_core.graph_rebuild(collection))
+
+
 class Jobs:
     def __init__(self, client: InferagClient):
         self._c = client
@@ -198,6 +226,7 @@ class InferagClient(ClientBase):
         self.collections = Collections(self)
         self.documents = Documents(self)
         self.jobs = Jobs(self)
+        self.graph = Graph(self)
 
     # ------------------------------------------------------------ plumbing
 
@@ -327,6 +356,12 @@ class InferagClient(ClientBase):
             query, messages=messages, collection=collection, collections=collections, stream=True, options=options
         )
         return self._stream(call, parse_agent_event)
+
+    def perplexity(
+        self, texts: str | Sequence[str], *, model: str, top_logprobs: int | None = None
+    ) -> PerplexityResponse:
+        """Per-token logprobs and perplexity of each text under `model` (`/v1/perplexity`)."""
+        return self._request(_core.perplexity(texts, model=model, top_logprobs=top_logprobs))
 
     def models(self) -> ModelList:
         return self._request(_core.models())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.generation.protocol import PerplexityData, PerplexityResponse
 from services.rag.agent.protocol import AgentResponse, Step
 from services.rag.protocol import (
     ChunkResponse,
@@ -33,6 +34,8 @@ from services.rag.types import Chunk, CollectionInfo, DocumentInfo, Hit, StoredC
 
 __all__ = [
     "AgentResponse",
+    "PerplexityData",
+    "PerplexityResponse",
     "Chunk",
     "ChunkResponse",
     "Citation",

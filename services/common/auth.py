@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 from pydantic import BaseModel, Field, SecretStr
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import Forbidden, Overloaded, Unauthorized
+from .errors import Forbidden, Overloaded, Unauthorized, error_response
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
 
@@ -71,6 +72,24 @@ def authenticate(request: Request, key: SecretStr | None, keys: list[ApiKey] | N
     if found is None or not given:
         raise Unauthorized("Missing or invalid API key. Send 'Authorization: Bearer <key>'.")
     return found
+
+
+class KeyCheck:
+    """Pure-ASGI middleware: with keys configured, a request without a valid one is answered 401 before
+    any route runs or any body is read, on every path the app mounts (documentation and unknown paths
+    included) but /health and /ready. The routes still ask for the caller (scope, rate limit)."""
+
+    def __init__(self, app: ASGIApp, key: SecretStr | None, keys: list[ApiKey] | None):
+        self.app, self.key, self.keys = app, key, keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (self.key is not None or self.keys):
+            try:
+                authenticate(Request(scope), self.key, self.keys)
+            except Unauthorized as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 @dataclass

@@ -123,6 +123,10 @@ def error_for(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         return exc.status_code, error_body(exc.message, exc.type, exc.param, exc.code), exc.headers()
     if isinstance(exc, RequestValidationError):
         return 400, _validation_body(exc), {}
+    if isinstance(exc, StarletteHTTPException) and isinstance(exc.__cause__, InferagError):
+        # FastAPI answers any failure while it reads a body as a 400 "error parsing the body"; a refusal
+        # raised by that read (the body limit's 413) is the answer.
+        return error_for(exc.__cause__)
     if isinstance(exc, StarletteHTTPException):
         type_ = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
         return exc.status_code, error_body(str(exc.detail), type_), dict(exc.headers or {})

@@ -7,6 +7,37 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import PayloadTooLarge, error_response
 
 
+def too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than the {max_bytes}-byte limit.")
+
+
+def check_declared(scope: Scope, max_bytes: int) -> None:
+    """PayloadTooLarge when the request declares a `Content-Length` over `max_bytes`."""
+    declared = dict(scope["headers"]).get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise too_large(max_bytes)
+
+
+async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
+    """The whole body, or PayloadTooLarge as soon as it is declared or sent past `max_bytes`: no more
+    than `max_bytes` (and one chunk of the server's) is ever read or held."""
+    check_declared(scope, max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large(max_bytes)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
 class BodyLimit:
     """Pure-ASGI middleware: a body over `max_bytes` is refused before the route reads it all.
 
@@ -17,16 +48,14 @@ class BodyLimit:
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
-    def _error(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"The request body is larger than the {self.max_bytes}-byte limit.")
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(self._error())(scope, receive, send)
+        try:
+            check_declared(scope, self.max_bytes)
+        except PayloadTooLarge as exc:
+            await error_response(exc)(scope, receive, send)
             return
         seen = 0
 
@@ -36,7 +65,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise self._error()
+                    raise too_large(self.max_bytes)
             return message
 
         await self.app(scope, counted, send)

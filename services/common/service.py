@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from sse_starlette.sse import AppStatus
 
-from .auth import ANONYMOUS, Principal, RateLimiter, authenticate
+from .auth import ANONYMOUS, KeyCheck, Principal, RateLimiter, authenticate
 from .errors import InferagError, NotReady, error_body, install_error_handlers
 from .limits import BodyLimit
 from .metrics import install_metrics
@@ -83,6 +83,8 @@ def build_service_app(
         RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst) if settings.rate_limit_rps else None
     )
     install_error_handlers(app)
+    # Innermost of the middleware but inside the metrics: refused keys are counted, and no body is read for them.
+    app.add_middleware(KeyCheck, key=settings.api_key, keys=settings.api_keys)
     install_metrics(app, registry, name)
     app.add_middleware(BodyLimit, max_bytes=body_limit or settings.max_body_bytes)
     if settings.cors_origins:

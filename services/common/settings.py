@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .auth import ApiKey
 
+# Marks the settings of the listening process only (a service run inside the gateway does not listen).
+_PER_PROCESS: dict[str, Any] = {"per_process": True}
+
 
 class CommonSettings(BaseSettings):
     # An empty variable (`INFERAG_GEN_MAX_MODEL_LEN=` in .env or compose) means "unset", not "".
     model_config = SettingsConfigDict(env_prefix="INFERAG_", env_file=".env", extra="ignore", env_ignore_empty=True)
 
-    host: str = Field("127.0.0.1", description="Address to bind.")
-    port: int = Field(8000, description="Port to bind.")
+    host: str = Field("127.0.0.1", description="Address to bind.", json_schema_extra=_PER_PROCESS)
+    port: int = Field(8000, description="Port to bind.", json_schema_extra=_PER_PROCESS)
     log_level: str = Field("info", description="Python logging level.")
     log_json: bool = Field(False, description="Log one JSON object per line instead of text.")
     data_dir: Path = Field(Path("data"), description="Where converted models and caches are kept.")
@@ -43,3 +47,11 @@ class CommonSettings(BaseSettings):
         default_factory=list, description='Origins allowed by CORS, JSON list (e.g. ["https://app.example"]); '
         "empty: CORS closed."
     )
+
+    def shared(self) -> dict[str, Any]:
+        """The common settings given to this process (environment, .env, arguments) for the services it
+        runs in-process: keys, limits, CORS, logging... hold for each of them, as every field declared
+        here does unless marked per-process (where to listen)."""
+        own = {n for n, f in CommonSettings.model_fields.items() if isinstance(f.json_schema_extra, dict)
+               and f.json_schema_extra.get("per_process")}  # fmt: skip
+        return {n: getattr(self, n) for n in CommonSettings.model_fields if n in self.model_fields_set - own}

@@ -132,8 +132,11 @@ class MicroBatcher(Generic[T, R]):
         try:
             return list(await asyncio.gather(*(item.future for item in items)))
         except BaseException:
-            for item in items:  # the worker skips cancelled items
+            for item in items:
                 item.future.cancel()
+            # Out of the queue at once, so abandoned inputs do not hold its room (the worker skips them anyway).
+            gone = set(items)
+            self._queue = deque(it for it in self._queue if it not in gone)
             raise
 
     # ------------------------------------------------------------ worker
@@ -167,7 +170,9 @@ class MicroBatcher(Generic[T, R]):
         started = time.perf_counter()
         self.in_model = len(batch)
         try:
-            results = await loop.run_in_executor(self.executor, self.fn, payloads)
+            results = list(await loop.run_in_executor(self.executor, self.fn, payloads))
+            if len(results) != len(batch):  # inside the try: the worker must outlive a faulty model
+                raise EngineError(f"The {self.name} model returned {len(results)} results for {len(batch)} inputs.")
         except asyncio.CancelledError:
             for it in batch:
                 it.future.cancel()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
@@ -21,7 +22,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from services.common.errors import NotFound
-from services.common.upstream import call
+from services.common.upstream import NO_RETRY, Retry, call
 
 from .serving import EmbeddingsService
 from .settings import OPENAI_MAX_INPUTS, EmbeddingsSettings
@@ -82,9 +83,11 @@ def _ranked(scores: Sequence[float], top_n: int | None) -> list[tuple[int, float
 class InProcessEmbeddings:
     """The models in this process: the serving layer's building blocks, batching included."""
 
-    def __init__(self, service: EmbeddingsService, *, owned: bool = False):
+    def __init__(self, service: EmbeddingsService, *, owned: bool = False, retry: Retry = NO_RETRY):
+        """`retry`: how a full batching queue (429) is waited out before the caller sees it."""
         self.service = service
         self._owned = owned
+        self._retry = retry
 
     @classmethod
     async def load(cls, settings: EmbeddingsSettings | None = None) -> InProcessEmbeddings:
@@ -129,7 +132,8 @@ class InProcessEmbeddings:
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         out: list[list[float]] = []
         for start in range(0, len(texts), self.service.limits.max_inputs):
-            vectors, _ = await self.service.embed_inputs(list(texts[start : start + self.service.limits.max_inputs]))
+            part = list(texts[start : start + self.service.limits.max_inputs])
+            vectors, _ = await self._retry.run(partial(self.service.embed_inputs, part), "embeddings")
             out.extend(vectors.tolist())
         return out
 
@@ -138,13 +142,14 @@ class InProcessEmbeddings:
             raise NotFound("This service has no reranker.", code="model_not_found")
         if not documents:
             return []
-        scores, _ = await self.service.rerank_documents(query, list(documents))
+        scores, _ = await self._retry.run(partial(self.service.rerank_documents, query, list(documents)), "rerank")
         return _ranked(scores, top_n)
 
     async def sparse(self, texts: Sequence[str]) -> list[SparseVector]:
         out: list[SparseVector] = []
         for start in range(0, len(texts), self.service.limits.max_inputs):
-            vectors, _ = await self.service.sparse_inputs(list(texts[start : start + self.service.limits.max_inputs]))
+            part = list(texts[start : start + self.service.limits.max_inputs])
+            vectors, _ = await self._retry.run(partial(self.service.sparse_inputs, part), "sparse embeddings")
             out.extend(SparseVector(v.indices, v.values) for v in vectors)
         return out
 
@@ -162,8 +167,10 @@ class HttpEmbeddings:
         sparse_model: str | None = None,
         batch_size: int = OPENAI_MAX_INPUTS,
         owned: bool = True,
+        retry: Retry = NO_RETRY,
     ):
         self.client = client
+        self.retry = retry
         self.cards = {m["id"]: m for m in models}
         self._embed = embed_model or self._first("embeddings")
         self._rerank = rerank_model or self._first("rerank")
@@ -182,14 +189,16 @@ class HttpEmbeddings:
         embed_model: str | None = None,
         rerank_model: str | None = None,
         sparse_model: str | None = None,
+        retry: Retry = NO_RETRY,
     ) -> HttpEmbeddings:
-        """Open a client on `base_url` (e.g. http://127.0.0.1:8001) and read `/v1/models`."""
+        """Open a client on `base_url` (e.g. http://127.0.0.1:8001) and read `/v1/models`; every call is
+        idempotent, so `retry` applies to all of them."""
         owned = client is None
         if client is None:
             headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
             client = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=request_timeout)
         try:
-            listing = await _request(client, "GET", "/v1/models")
+            listing = await call(client, "GET", "/v1/models", service="embeddings", retry=retry)
         except BaseException:
             if owned:
                 await client.aclose()
@@ -201,6 +210,7 @@ class HttpEmbeddings:
             rerank_model=rerank_model,
             sparse_model=sparse_model,
             owned=owned,
+            retry=retry,
         )
 
     async def aclose(self) -> None:
@@ -239,6 +249,9 @@ class HttpEmbeddings:
     def sparse_model(self) -> str:
         return self._need(self._sparse, "sparse")
 
+    async def _request(self, path: str, body: Any) -> dict[str, Any]:
+        return await call(self.client, "POST", path, body, service="embeddings", retry=self.retry)
+
     def _limit(self, model: str, key: str) -> int:
         return min(self.batch_size, int(self.cards[model].get(key) or self.batch_size))
 
@@ -247,7 +260,7 @@ class HttpEmbeddings:
         step = self._limit(self.embed_model, "max_inputs_per_request")
         for start in range(0, len(texts), step):
             body = {"model": self.embed_model, "input": list(texts[start : start + step]), "encoding_format": "base64"}
-            data = (await _request(self.client, "POST", "/v1/embeddings", body))["data"]
+            data = (await self._request("/v1/embeddings", body))["data"]
             for item in sorted(data, key=lambda d: d["index"]):
                 out.append(np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4").tolist())
         return out
@@ -260,7 +273,7 @@ class HttpEmbeddings:
         scores: list[float] = [0.0] * len(documents)
         for start in range(0, len(documents), step):
             body = {"model": self.rerank_model, "query": query, "documents": list(documents[start : start + step])}
-            for r in (await _request(self.client, "POST", "/v1/rerank", body))["results"]:
+            for r in (await self._request("/v1/rerank", body))["results"]:
                 scores[start + int(r["index"])] = float(r["relevance_score"])
         return _ranked(scores, top_n)
 
@@ -269,14 +282,10 @@ class HttpEmbeddings:
         step = self._limit(self.sparse_model, "max_inputs_per_request")
         for start in range(0, len(texts), step):
             body = {"model": self.sparse_model, "input": list(texts[start : start + step])}
-            data = (await _request(self.client, "POST", "/v1/sparse-embeddings", body))["data"]
+            data = (await self._request("/v1/sparse-embeddings", body))["data"]
             for item in sorted(data, key=lambda d: d["index"]):
                 out.append(SparseVector(item["embedding"]["indices"], item["embedding"]["values"]))
         return out
-
-
-async def _request(client: httpx.AsyncClient, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    return await call(client, method, path, body, service="embeddings")
 
 
 async def open_embeddings(

@@ -5,28 +5,38 @@
 that service are forwarded to it instead (compose and Kubernetes: one published port).
 Each service keeps its own app (routes, lifespan, errors); the gateway answers the shared
 routes itself: `/health`, `/ready` (every service ready), `/v1/models` (all models), `/metrics`.
-A chat request whose model is `rag:<collection>` goes to the RAG service.
+A chat or Responses request whose model is `rag:<collection>` goes to the RAG service; with several
+generation models (`models.py`), the others go to the service of their `model`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import httpx
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.auth import authenticate
-from services.common.errors import NotReady, error_body, install_error_handlers
+from services.common.errors import (
+    InferagError,
+    ModelNotFound,
+    NotReady,
+    error_body,
+    error_response,
+    install_error_handlers,
+)
+from services.common.limits import read_body
 from services.common.logging import setup_logging
 from services.common.request_id import RequestIdMiddleware
 from services.common.service import draining, serve
@@ -44,18 +54,22 @@ from services.rag.router import RAG_MODEL_PREFIX
 from services.rag.service import Links
 from services.rag.settings import RagSettings
 
+from .models import (
+    DEFAULT,
+    MODEL_PATHS,
+    RAG_MODEL_PATHS,
+    ModelRouter,
+    load_models_file,
+    parse_extra_models,
+    parse_model_urls,
+    request_model,
+)
 from .proxy import Proxy
 
 log = logging.getLogger(__name__)
 
 EMBEDDING_PATHS = ("/v1/embeddings", "/v1/rerank", "/rerank", "/v1/sparse-embeddings")
-CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/chat"})
 SHARED_PATHS = frozenset({"/health", "/ready", "/v1/models", "/metrics", "/", "/playground"})
-
-
-# Given as INFERAG_*, these apply to every in-process service (each keeps its own prefixed value otherwise).
-SHARED_SETTINGS = ("api_key", "api_keys", "data_dir", "rate_limit_rps", "rate_limit_burst", "cors_origins",
-                   "log_json", "shutdown_grace_s", "shutdown_drain_s")  # fmt: skip
 
 
 class GatewaySettings(CommonSettings):
@@ -64,19 +78,37 @@ class GatewaySettings(CommonSettings):
     generation_url: str | None = Field(None, description="Forward generation routes there instead of in-process.")
     embeddings_url: str | None = Field(None, description="Forward embeddings routes there instead of in-process.")
     rag_url: str | None = Field(None, description="Forward /rag/* (and rag: models) there instead of in-process.")
+    generation_urls: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="More generation models, each served by its own service: `name=url,name=url` or a JSON "
+        "object; requests go to the service of their `model`.",
+    )
+    models_file: Path | None = Field(None, description="The same as a YAML/JSON file: `{name: url}`.")
+    gen_extra_models: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="In-process only: more models loaded next to the default one, `name=model,...` (model: a "
+        "folder, a .gguf, a hub id or the packaged default), each with the default's INFERAG_GEN_* settings.",
+    )
+
+    @field_validator("generation_urls", mode="before")
+    @classmethod
+    def _urls(cls, value: Any) -> dict[str, str]:
+        return parse_model_urls(value)
+
+    @field_validator("gen_extra_models", mode="before")
+    @classmethod
+    def _extra(cls, value: Any) -> dict[str, str]:
+        return parse_extra_models(value)
+
+    def model_urls(self) -> dict[str, str]:
+        """Model name → generation service URL, from the file then the variable."""
+        return {**(load_models_file(self.models_file) if self.models_file else {}), **self.generation_urls}
 
 
-async def _replay(receive: Receive) -> tuple[bytes, Receive]:
-    """The whole request body, and a `receive` that gives it again (then the client's own messages)."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    body = b"".join(chunks)
+async def _replay(scope: Scope, receive: Receive, max_bytes: int) -> tuple[bytes, Receive]:
+    """The whole request body (PayloadTooLarge past `max_bytes`, declared or sent, before more is read),
+    and a `receive` that gives it again (then the client's own messages)."""
+    body = await read_body(scope, receive, max_bytes)
     sent = False
 
     async def again() -> Message:
@@ -89,19 +121,39 @@ async def _replay(receive: Receive) -> tuple[bytes, Receive]:
     return body, again
 
 
-def _rag_model(body: bytes) -> bool:
-    try:
-        model = json.loads(body).get("model")
-    except (ValueError, AttributeError):
-        return False
-    return isinstance(model, str) and model.startswith(RAG_MODEL_PREFIX)
+def _resend(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives `body` once, then the client's own messages."""
+    sent = False
+
+    async def again() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
 
 
 class Gateway:
     """ASGI app that dispatches by path to the front app (shared routes) or a service."""
 
-    def __init__(self, front: FastAPI, services: dict[str, ASGIApp]):
+    def __init__(
+        self,
+        front: FastAPI,
+        services: dict[str, ASGIApp],
+        models: ModelRouter | None = None,
+        settings: CommonSettings | None = None,
+    ):
         self.front, self.services = front, services
+        self.models = models or ModelRouter({})
+        self.settings = settings or CommonSettings()
+
+    async def _body(self, scope: Scope, receive: Receive) -> tuple[bytes, Receive]:
+        """The body routing needs, read only after the key is checked and at most max_body_bytes of it, so a
+        caller without a key or with an endless body never makes the gateway hold it."""
+        authenticate(Request(scope), self.settings.api_key, self.settings.api_keys)
+        return await _replay(scope, receive, self.settings.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -112,15 +164,47 @@ class Gateway:
             target = self.services["rag"]
         elif path.startswith(EMBEDDING_PATHS):
             target = self.services["embeddings"]
-        elif path in CHAT_PATHS and scope["method"] == "POST":
-            body, receive = await _replay(receive)
-            if _rag_model(body):
-                target, scope = self.services["rag"], {**scope, "path": "/v1/chat/completions"}
+        elif path in MODEL_PATHS and scope["method"] == "POST":
+            try:
+                body, receive = await self._body(scope, receive)
+            except InferagError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+            model = request_model(body)
+            key = self.models.service_for(model)
+            if model is not None and model.startswith(RAG_MODEL_PREFIX) and path in RAG_MODEL_PATHS:
+                target, scope = self.services["rag"], {**scope, "path": RAG_MODEL_PATHS[path]}
+            elif key is None:
+                target = error_response(ModelNotFound(str(model), list(self.models.names)))
             else:
-                target = self.services["generation"]
+                target = self.services[key]
+        elif path.startswith("/v1/responses/") and scope["method"] in ("GET", "DELETE"):
+            await self._first_found(scope, receive, send)
+            return
         else:
             target = self.services["generation"]
         await target(scope, receive, send)
+
+    async def _first_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A stored response lives in the service that made it: ask each in turn, the first that has it answers."""
+        try:
+            body, receive = await self._body(scope, receive)
+        except InferagError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        targets = [self.services[key] for key in self.models.services] + [self.services["rag"]]
+        for target in targets[:-1]:
+            messages: list[Message] = []
+
+            async def keep(message: Message, messages: list[Message] = messages) -> None:
+                messages.append(message)
+
+            await target(scope, _resend(body, receive), keep)
+            if next((m["status"] for m in messages if m["type"] == "http.response.start"), 404) != 404:
+                for message in messages:
+                    await send(message)
+                return
+        await targets[-1](scope, _resend(body, receive), send)
 
 
 async def _wait_loaded(app: FastAPI, name: str) -> Any:
@@ -145,7 +229,7 @@ def inprocess_links(gen_app: FastAPI, emb_app: FastAPI, settings: RagSettings) -
             timeout=settings.upstream_timeout,
         )
         return Links(
-            embeddings=InProcessEmbeddings(emb_service),
+            embeddings=InProcessEmbeddings(emb_service, retry=settings.upstream_retry()),
             generator=InProcessGenerator(lambda: gen_app.state.generation),
             openai_http=http,
             openai_base_url="http://generation/v1",
@@ -166,8 +250,20 @@ def build_gateway(
     urls = {"generation": settings.generation_url, "embeddings": settings.embeddings_url, "rag": settings.rag_url}
     apps: dict[str, FastAPI] = {}
     proxies: dict[str, Proxy] = {name: Proxy(name, url) for name, url in urls.items() if url}
+    names: dict[str, str] = {}  # served model name -> service key, for models other than the default
     if "generation" not in proxies:
+        generation = generation or GenerationSettings()
         apps["generation"] = build_generation(generation, registry)
+        names[generation.served_model_name or generation.model] = DEFAULT
+        for name, model in settings.gen_extra_models.items():
+            # Its own metrics registry: the metric names would clash with the default model's.
+            extra = generation.model_copy(update={"model": model, "served_model_name": name, "adapters": None})
+            apps[names.setdefault(name, f"{DEFAULT}:{name}")] = build_generation(extra, CollectorRegistry())
+    for name, url in settings.model_urls().items():
+        if url != settings.generation_url:
+            proxies[names.setdefault(name, f"{DEFAULT}:{name}")] = Proxy(f"generation ({name})", url)
+        else:
+            names[name] = DEFAULT
     if "embeddings" not in proxies:
         apps["embeddings"] = build_embeddings(embeddings, registry)
     if "rag" not in proxies:
@@ -204,7 +300,7 @@ def build_gateway(
     async def ready() -> Response:
         states: dict[str, str] = {}
         for name, app in apps.items():
-            loaded = getattr(app.state, name) is not None
+            loaded = getattr(app.state, app.state.service_name) is not None
             error = app.state.load_error
             states[name] = "ready" if loaded else (f"failed: {error}" if error else "loading")
         for name, proxy in proxies.items():
@@ -234,22 +330,22 @@ def build_gateway(
             return data
 
         lists = await asyncio.gather(*(listing(n, t) for n, t in services.items()), return_exceptions=True)
-        data = [card for cards in lists if isinstance(cards, list) for card in cards]
-        return {"object": "list", "data": data}
+        cards = {card["id"]: card for cards in lists if isinstance(cards, list) for card in cards}
+        return {"object": "list", "data": list(cards.values())}
 
     @front.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
         authenticate(request, settings.api_key, settings.api_keys)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Gateway(front, services)
+    return Gateway(front, services, ModelRouter(names), settings)
 
 
 
 def main() -> None:
     settings = GatewaySettings()
     setup_logging(settings.log_level, settings.log_json)
-    shared = {k: getattr(settings, k) for k in SHARED_SETTINGS if k in settings.model_fields_set}
+    shared = settings.shared()
     rag = RagSettings(**shared)
     if not settings.rag_url:
         refuse_locked_store(rag)

@@ -14,6 +14,7 @@ from services.common.service import build_service_app, serve
 
 from .engines.base import Engine
 from .models import resolve_model
+from .responses.store import ResponseStore
 from .router import router
 from .serving import GenerationService
 from .settings import GenerationSettings
@@ -84,6 +85,7 @@ async def load_service(settings: GenerationSettings, registry: CollectorRegistry
         max_inflight=settings.max_inflight,
         default_max_tokens=settings.default_max_tokens,
         model_details=served.details(),
+        reasoning_parser=settings.reasoning_parser,
     )
 
 
@@ -95,7 +97,9 @@ def build_app(settings: GenerationSettings | None = None, registry: CollectorReg
     async def close(service: GenerationService) -> None:
         await service.engine.stop()
 
-    return build_service_app("generation", settings, registry, lambda: load_service(settings, registry), close, router)
+    app = build_service_app("generation", settings, registry, lambda: load_service(settings, registry), close, router)
+    app.state.responses_store = ResponseStore(settings.responses_store_size, int(settings.responses_store_mib * 2**20))
+    return app
 
 
 def main() -> None:

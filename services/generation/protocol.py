@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from services.common.protocol import ModelCardBase
 
@@ -20,8 +20,19 @@ def _id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+# vLLM's own bounds for `seed`: an out-of-range seed can kill its engine core.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+MAX_LOGPROBS = 20
+
+
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+def text_or_items(value: Any) -> str:
+    """Tells `str | list` apart before validating, so that an error names the branch that was meant."""
+    return "text" if isinstance(value, str) else "items"
 
 
 # ---------------------------------------------------------------- requests
@@ -115,7 +126,7 @@ class _SamplingFields(_Lenient):
     n: Annotated[int, Field(ge=1, le=16)] = 1
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     stop: Stop = None
-    seed: int | None = None
+    seed: Seed | None = None
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
     repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
@@ -123,6 +134,17 @@ class _SamplingFields(_Lenient):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
     user: str | None = None
+    prompt_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = Field(
+        None,
+        description="vLLM's parameter: the logprob of every prompt token (and this many alternatives), "
+        "in the response's top-level `prompt_logprobs`; not with `stream`.",
+    )
+
+    @model_validator(mode="after")
+    def _prompt_logprobs_not_streamed(self) -> _SamplingFields:
+        if self.prompt_logprobs is not None and self.stream:
+            raise ValueError("prompt_logprobs are not available when stream is true")
+        return self
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -202,6 +224,10 @@ class ChoiceLogprobs(BaseModel):
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    # The model's thinking, split from the content by INFERAG_GEN_REASONING_PARSER; `reasoning_content`
+    # carries the same text for clients that read that name.
+    reasoning: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCall] | None = None
 
 
@@ -212,6 +238,19 @@ class ChatChoice(BaseModel):
     finish_reason: str | None = None
 
 
+class PromptLogprob(BaseModel):
+    """vLLM's `Logprob`: a token's logprob, its rank in the vocabulary (1 = likeliest) and its text."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+# One entry per prompt token, None for the first (nothing predicts it): {token id: PromptLogprob} holding the
+# prompt's own token and the `prompt_logprobs` likeliest ones, as vLLM returns them.
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
 class ChatCompletionResponse(BaseModel):
     id: str = Field(default_factory=lambda: _id("chatcmpl"))
     object: Literal["chat.completion"] = "chat.completion"
@@ -220,6 +259,7 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class DeltaToolCall(BaseModel):
@@ -232,6 +272,8 @@ class DeltaToolCall(BaseModel):
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
 
 
@@ -272,6 +314,7 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class ModelCard(ModelCardBase):
@@ -283,3 +326,102 @@ class ModelCard(ModelCardBase):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# ---------------------------------------------------------------- tokenize, detokenize, version (vLLM's shapes)
+
+
+class TokenizeRequest(_Lenient):
+    """vLLM's `/tokenize`: a `prompt`, or `messages` rendered with the chat template as chat renders them."""
+
+    model: str | None = Field(None, description="Default: the served model.")
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    tools: list[Tool] | None = Field(None, description="With `messages`: rendered into the prompt as chat does.")
+    add_special_tokens: bool | None = Field(
+        None, description="Add the tokenizer's special tokens (BOS...); default true for `prompt`, false for "
+        "`messages` (the template has its own)."
+    )  # fmt: skip
+    add_generation_prompt: bool = Field(True, description="With `messages`: end with the assistant's turn opening.")
+    continue_final_message: bool = Field(
+        False, description="With `messages`: leave the last message open, for the model to continue it."
+    )
+    return_token_strs: bool = Field(False, description="Also return each token's string.")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if (
+            self.continue_final_message
+            and self.add_generation_prompt
+            and "add_generation_prompt" in (self.model_fields_set)
+        ):
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+        return self
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(_Lenient):
+    model: str | None = Field(None, description="Default: the served model.")
+    tokens: list[Annotated[int, Field(ge=0, le=INT64_MAX)]]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class VersionResponse(BaseModel):
+    version: str
+    engine: str
+    engine_version: str | None = None
+
+
+# ---------------------------------------------------------------- perplexity
+
+PerplexityText = Annotated[str, Field(min_length=1)]
+
+
+class PerplexityRequest(_Lenient):
+    model: str
+    input: Annotated[
+        Annotated[PerplexityText, Tag("text")]
+        | Annotated[Annotated[list[PerplexityText], Field(min_length=1, max_length=64)], Tag("items")],
+        Discriminator(text_or_items),
+    ]
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = Field(
+        None, description="Also return this many likeliest tokens at each position."
+    )
+    add_special_tokens: bool = Field(True, description="Add the tokenizer's special tokens (BOS...) first.")
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class PerplexityData(BaseModel):
+    object: Literal["perplexity"] = "perplexity"
+    index: int
+    tokens: list[str]
+    token_logprobs: list[float | None] = Field(description="None for the first token: nothing predicts it.")
+    top_logprobs: list[dict[str, float] | None] | None = None
+    logprob: float = Field(description="Sum of the token logprobs (the first token left out).")
+    nll: float = Field(description="Mean negative logprob per scored token, in nats.")
+    perplexity: float = Field(description="exp(nll).")
+
+
+class PerplexityUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class PerplexityResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[PerplexityData]
+    usage: PerplexityUsage

@@ -13,7 +13,23 @@ from services.common.protocol import error_responses, sse_response_doc
 from services.common.service import loaded_service, require_key
 from services.common.sse import openai_stream, sse_response
 
-from .protocol import ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, ModelList
+from . import perplexity as ppl
+from . import tokenize as tok
+from .protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelList,
+    PerplexityRequest,
+    PerplexityResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    VersionResponse,
+)
+from .responses.router import router as responses_router
 from .serving import GenerationService
 
 
@@ -61,3 +77,35 @@ async def completions(body: CompletionRequest, request: Request, service: Servic
 @router.get("/v1/models", response_model=ModelList, responses=error_responses(401, 429, 503), tags=["openai"])
 async def models(service: Service) -> ModelList:
     return service.models()
+
+
+# ---------------------------------------------------------------- tokenize, detokenize, version, perplexity
+
+_TOKEN_ERRORS = error_responses(400, 401, 404, 413, 429, 503, e404="Unknown model.")
+
+
+@router.post("/tokenize", response_model=TokenizeResponse, responses=_TOKEN_ERRORS, tags=["vllm"])
+async def tokenize(body: TokenizeRequest, service: Service) -> TokenizeResponse:
+    """vLLM's /tokenize: the token ids of a `prompt`, or of `messages` rendered as chat renders them."""
+    return await tok.tokenize(service, body)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse, responses=_TOKEN_ERRORS, tags=["vllm"])
+async def detokenize(body: DetokenizeRequest, service: Service) -> DetokenizeResponse:
+    """vLLM's /detokenize: the text of token ids."""
+    return await tok.detokenize(service, body)
+
+
+@router.get("/version", response_model=VersionResponse, responses=error_responses(401, 429, 503), tags=["vllm"])
+async def version(service: Service) -> VersionResponse:
+    return tok.version(service)
+
+
+@router.post("/v1/perplexity", response_model=PerplexityResponse, responses=_TOKEN_ERRORS, tags=["openai"])
+async def perplexity(body: PerplexityRequest, request: Request, service: Service) -> Response:
+    """Per-token logprobs, mean negative logprob and perplexity of each text (the first token is not scored)."""
+    result = await cancel_on_disconnect(request, ppl.perplexity(service, body))
+    return JSONResponse(result.model_dump(mode="json", exclude_none=True))
+
+
+router.include_router(responses_router)

@@ -1,5 +1,8 @@
 """The serving layer: OpenAI requests in, a response or an async iterator of typed chunks out.
 
+`chat_chunks` gives a chat's typed chunks whatever `stream` says (the Responses API runs on it);
+`score` gives prompt logprobs (perplexity).
+
 Engine-agnostic: it renders the chat template, validates lengths, fans out `n`,
 parses tool calls and keeps the metrics. Nothing here is SSE: the router encodes the
 chunks for HTTP, and in-process callers (the RAG generator) use the objects as they are.
@@ -11,7 +14,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -26,6 +29,7 @@ from services.common.metrics import LATENCY_BUCKETS
 from . import tools as toolfmt
 from .engines.base import Engine, GenerationChunk, SamplingOptions, TokenLogprob
 from .protocol import (
+    INT64_MIN,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -40,13 +44,24 @@ from .protocol import (
     DeltaToolCall,
     ModelCard,
     ModelList,
+    PromptLogprob,
+    PromptLogprobs,
     ResponseMessage,
     TokenLogprobOut,
     TopLogprob,
     Usage,
 )
+from .reasoning import ReasoningParser, ReasoningSplitter, split_reasoning
 
 T = TypeVar("T")
+# Prompts longer than this many characters are rendered and tokenized on a worker thread, not the event loop.
+_INLINE_PREPARE_CHARS = 20_000
+
+
+async def _sized(chars: int, prepare: Callable[[], T]) -> T:
+    """Rendering and tokenizing a long prompt takes seconds (20 s for 5 MB without whitespace): on a worker
+    thread then; a short one inline, not queued behind ingestion work on the shared worker threads."""
+    return prepare() if chars <= _INLINE_PREPARE_CHARS else await asyncio.to_thread(prepare)
 
 
 class GenerationMetrics:
@@ -94,6 +109,11 @@ class _Prepared:
     options: list[SamplingOptions]  # one per choice
     tools: list[Any] = field(default_factory=list)
     forced_tool: bool = False
+    # A prompt per choice instead of `prompt_ids` for all (scoring several texts at once).
+    prompts: list[list[int]] | None = None
+
+    def prompt_of(self, choice: int) -> list[int]:
+        return self.prompts[choice] if self.prompts is not None else self.prompt_ids
 
 
 @dataclass
@@ -103,9 +123,11 @@ class _ChoiceState:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     prompt_tokens: int = 0
+    prompt_logprobs: list[TokenLogprob | None] | None = None
     # streaming tool-call detection
     carry: str = ""
     tool_buffer: str | None = None
+    reasoner: ReasoningSplitter | None = None
 
 
 class GenerationService:
@@ -119,6 +141,7 @@ class GenerationService:
         max_inflight: int = 256,
         default_max_tokens: int | None = None,
         model_details: dict[str, Any] | None = None,
+        reasoning_parser: ReasoningParser | None = None,
     ):
         self.engine = engine
         self.tokenizer = tokenizer
@@ -126,6 +149,7 @@ class GenerationService:
         self.max_inflight = max_inflight
         self.default_max_tokens = default_max_tokens
         self.model_details = model_details or {}
+        self.reasoning_parser = reasoning_parser
         self.metrics = GenerationMetrics(registry, engine)
         self.inflight = 0
         eos = getattr(tokenizer, "eos_token_id", None)
@@ -152,9 +176,18 @@ class GenerationService:
         if model not in self.names:
             raise ModelNotFound(model, self.names)
 
+    def resolve_model(self, model: str | None) -> str:
+        """The served name `model` asks for (None: the default one); ModelNotFound for others."""
+        if model is None:
+            return self.names[0]
+        self._check_model(model)
+        return model
+
     # ------------------------------------------------------------- chat
 
-    def render_chat(self, req: ChatCompletionRequest) -> tuple[list[int], list[Any], bool]:
+    def render_chat(
+        self, req: ChatCompletionRequest, *, add_generation_prompt: bool = True, continue_final_message: bool = False
+    ) -> tuple[list[int], list[Any], bool]:
         """Chat template → prompt token ids; also which tools are active and whether one is forced."""
         use_tools = bool(req.tools) and req.tool_choice != "none"
         tools = list(req.tools or []) if use_tools else []
@@ -175,8 +208,10 @@ class GenerationService:
                 else:
                     messages.insert(0, {"role": "system", "content": prompt})
         try:
+            if continue_final_message:
+                kwargs["continue_final_message"] = True
             ids = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False, **kwargs
+                messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False, **kwargs
             )
         except Exception as exc:  # jinja errors: roles the template refuses, etc.
             raise InvalidRequest(
@@ -232,10 +267,14 @@ class GenerationService:
             logprobs=logprobs,
             json_schema=json_schema,
             ignore_eos=req.ignore_eos,
+            prompt_logprobs=req.prompt_logprobs,
         )
         if req.n == 1:
             return [base]
-        return [replace(base, seed=None if req.seed is None else req.seed + i) for i in range(req.n)]
+        return [replace(base, seed=choice_seed(req.seed, i)) for i in range(req.n)]
+
+    async def _prepare_chat(self, req: ChatCompletionRequest) -> _Prepared:
+        return await _sized(sum(len(m.text()) for m in req.messages), lambda: self.prepare_chat(req))
 
     def prepare_chat(self, req: ChatCompletionRequest) -> _Prepared:
         self._check_model(req.model)
@@ -255,31 +294,44 @@ class GenerationService:
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[ChatCompletionChunk]:
         """The response, or with `stream` its chunks (the usage chunk last when asked); admission and
         request errors raise here, before the first chunk."""
-        prep = self.prepare_chat(req)
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await self._prime(self._chat_stream(req, prep, include_usage))
+            return await self.chat_chunks(req)
+        prep = await self._prepare_chat(req)
         states = await self._run_all(prep, "chat")
         choices = []
         for i, st in enumerate(states):
-            content: str | None = st.text
+            reasoning, text = None, st.text
+            if self.reasoning_parser:
+                reasoning, text = split_reasoning(st.text, self.reasoning_parser)
+            content: str | None = text
             calls = None
             finish = st.finish_reason
             if prep.tools:
-                content, parsed = toolfmt.parse_tool_calls(st.text, forced=prep.forced_tool)
+                content, parsed = toolfmt.parse_tool_calls(text, forced=prep.forced_tool)
                 if parsed:
                     calls, finish = parsed, "tool_calls"
             choices.append(
                 ChatChoice(
                     index=i,
-                    message=ResponseMessage(content=content, tool_calls=calls),
+                    message=ResponseMessage(
+                        content=content, reasoning=reasoning, reasoning_content=reasoning, tool_calls=calls
+                    ),
                     logprobs=ChoiceLogprobs(content=_chat_logprobs(st.logprobs))
                     if prep.options[i].logprobs is not None
                     else None,
                     finish_reason=finish,
                 )
             )
-        return ChatCompletionResponse(id=prep.request_id, model=req.model, choices=choices, usage=_usage(states))
+        return ChatCompletionResponse(
+            id=prep.request_id, model=req.model, choices=choices, usage=_usage(states),
+            prompt_logprobs=_prompt_logprobs_out(states),
+        )  # fmt: skip
+
+    async def chat_chunks(self, req: ChatCompletionRequest) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """A streamed chat as typed chunks, whatever `req.stream` says (the Responses API's input)."""
+        prep = await self._prepare_chat(req)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return await peeked(self._chat_stream(req, prep, include_usage))
 
     async def _chat_stream(
         self, req: ChatCompletionRequest, prep: _Prepared, include_usage: bool
@@ -294,7 +346,8 @@ class GenerationService:
                 choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)],
             )
 
-        states = [_ChoiceState() for _ in prep.options]
+        parser = self.reasoning_parser
+        states = [_ChoiceState(reasoner=ReasoningSplitter(parser) if parser else None) for _ in prep.options]
         async with contextlib.aclosing(await self._started(prep, "chat")) as merged:
             for i in range(len(states)):
                 yield chunk(i, ChatDelta(role="assistant", content=""))
@@ -303,6 +356,13 @@ class GenerationService:
                 _absorb(st, out)
                 lp = ChoiceLogprobs(content=_chat_logprobs(out.logprobs)) if out.logprobs else None
                 text = out.text
+                if st.reasoner is not None:
+                    reasoning, text = st.reasoner.feed(text)
+                    if out.finish_reason is not None:
+                        tail = st.reasoner.flush()
+                        reasoning, text = reasoning + tail[0], text + tail[1]
+                    if reasoning:
+                        yield chunk(i, ChatDelta(reasoning=reasoning, reasoning_content=reasoning))
                 if prep.tools:
                     text = _tool_filter(st, text, prep.forced_tool)
                 if text or lp:
@@ -345,7 +405,7 @@ class GenerationService:
         return _Prepared(f"cmpl-{uuid.uuid4().hex}", ids, options)
 
     async def completions(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[CompletionResponse]:
-        prep = self.prepare_completion(req)
+        prep: _Prepared = await _sized(len(str(req.prompt)), lambda: self.prepare_completion(req))
         echo = self.tokenizer.decode(prep.prompt_ids) if req.echo else ""
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -364,6 +424,7 @@ class GenerationService:
                 for i, st in enumerate(states)
             ],
             usage=_usage(states),
+            prompt_logprobs=_prompt_logprobs_out(states),
         )
 
     async def _completion_stream(
@@ -414,7 +475,7 @@ class GenerationService:
         async def pump(i: int) -> None:
             rid = prep.request_id if n == 1 else f"{prep.request_id}-{i}"
             try:
-                async for out in self.engine.generate(rid, prep.prompt_ids, prep.options[i]):
+                async for out in self.engine.generate(rid, prep.prompt_of(i), prep.options[i]):
                     queue.put_nowait((i, out))
                 queue.put_nowait((i, None))
             except asyncio.CancelledError:
@@ -423,7 +484,7 @@ class GenerationService:
                 queue.put_nowait((i, exc))
 
         tasks = [asyncio.create_task(pump(i)) for i in range(n)]
-        self.metrics.prompt_tokens.inc(len(prep.prompt_ids) * n)
+        self.metrics.prompt_tokens.inc(sum(len(prep.prompt_of(i)) for i in range(n)))
         try:
             done = 0
             while done < n:
@@ -452,6 +513,24 @@ class GenerationService:
             self.metrics.e2e.observe(time.perf_counter() - start)
             self.metrics.requests.labels(endpoint, outcome).inc()
 
+    async def score(self, prompts: list[list[int]], top_n: int, endpoint: str) -> list[list[TokenLogprob | None]]:
+        """The prompt logprobs of each prompt (`top_n` alternatives per token), all handed to the engine at
+        once so it prefills them together; no text is returned (one token is sampled and dropped)."""
+        limit = self.engine.info.max_model_len
+        for i, ids in enumerate(prompts):
+            if len(ids) >= limit:
+                raise InvalidRequest(
+                    f"Input {i} is {len(ids)} tokens; this model's context window is {limit} tokens.",
+                    param="input", code="context_length_exceeded",
+                )  # fmt: skip
+        options = SamplingOptions(max_tokens=1, temperature=0.0, prompt_logprobs=top_n)
+        prep = _Prepared(f"score-{uuid.uuid4().hex}", [], [options] * len(prompts), prompts=prompts)
+        found: list[list[TokenLogprob | None]] = [[] for _ in prompts]
+        async for i, out in self._merged(prep, endpoint):
+            if out.prompt_logprobs is not None:
+                found[i] = out.prompt_logprobs
+        return found
+
     async def _started(self, prep: _Prepared, endpoint: str) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
         """`_merged`, already admitted and past its first chunk.
 
@@ -475,7 +554,16 @@ class GenerationService:
 # ------------------------------------------------------------- helpers
 
 
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """`seed + index` for choice `index` of `n`, wrapped to stay inside int64 (vLLM's bound)."""
+    if seed is None:
+        return None
+    return (seed + index - INT64_MIN) % 2**64 + INT64_MIN
+
+
 def _absorb(st: _ChoiceState, out: GenerationChunk) -> None:
+    if out.prompt_logprobs is not None:
+        st.prompt_logprobs = out.prompt_logprobs
     st.text += out.text
     st.token_ids = out.completion_tokens
     st.prompt_tokens = out.prompt_tokens
@@ -489,6 +577,24 @@ def _usage(states: list[_ChoiceState]) -> Usage:
     prompt = states[0].prompt_tokens if states else 0
     completion = sum(s.token_ids for s in states)
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def _prompt_logprobs_out(states: list[_ChoiceState]) -> PromptLogprobs | None:
+    """vLLM's `prompt_logprobs`: per prompt token {token id: logprob, rank, text} of its own token and the
+    alternatives (the prompt is shared by every choice)."""
+    items = states[0].prompt_logprobs if states else None
+    if items is None:
+        return None
+    out: PromptLogprobs = []
+    for item in items:
+        if item is None:
+            out.append(None)
+            continue
+        entry = {str(tid): PromptLogprob(logprob=lp, rank=rank, decoded_token=tok)
+                 for rank, (tid, tok, lp) in enumerate(item.top, start=1)}  # fmt: skip
+        entry[str(item.token_id)] = PromptLogprob(logprob=item.logprob, rank=item.rank, decoded_token=item.token)
+        out.append(entry)
+    return out
 
 
 def _chat_logprobs(items: list[TokenLogprob]) -> list[TokenLogprobOut]:

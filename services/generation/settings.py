@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.settings import CommonSettings
 
 from .models import DEFAULT_ADAPTER, NO_ADAPTER, PACKAGED_ADAPTERS, PACKAGED_DEFAULT
+from .reasoning import ReasoningParser
 
 
 class GenerationSettings(CommonSettings):
@@ -56,6 +57,18 @@ class GenerationSettings(CommonSettings):
     )
     weights_cache_dir: Path | None = Field(None, description="Merged-weights cache; default <data_dir>/weights.")
     enforce_eager: bool | None = Field(None, description="vLLM: disable CUDA graphs; forced on CPU.")
+    reasoning_parser: ReasoningParser | None = Field(
+        None,
+        description="Split `<think>…</think>` from the answer into `reasoning`: `think` (the output opens the tag: "
+        "Qwen3, SmolLM3) or `deepseek_r1` (the template opens it); default off.",
+    )
+    responses_store_size: int = Field(
+        1000, ge=0, description="Responses kept for `previous_response_id` and GET /v1/responses/{id} (oldest "
+        "dropped first); 0: none."
+    )  # fmt: skip
+    responses_store_mib: float = Field(
+        64, gt=0, description="Most memory (MiB of JSON) the stored responses may take; oldest dropped first."
+    )
 
     @field_validator("default_adapter")
     @classmethod

@@ -8,20 +8,25 @@ mounts it with in-process links instead (`links=`).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast, get_args
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from prometheus_client import CollectorRegistry
 
 from services.common.logging import setup_logging
 from services.common.service import build_service_app, require_key, serve
+from services.generation.responses.store import ResponseStore
 
+from . import responses
 from .agent import make_agent_router
+from .graph.router import router as graph_router
 from .metrics import RagMetrics
+from .retrieval import GRAPH_MODES
 from .router import caller, get_rag, router
 from .service import KnowledgeBase, Links, RagService, http_links
 from .settings import RagSettings
 from .store import StoreLocked, StoreNeedsMigration, check_folder_free
+from .types import RetrievalMode
 
 
 def api_router(settings: RagSettings) -> APIRouter:
@@ -38,19 +43,27 @@ def api_router(settings: RagSettings) -> APIRouter:
     )
     api = APIRouter()
     api.include_router(router)
+    api.include_router(graph_router)
     api.include_router(agent, dependencies=[Depends(require_key)])
+    responses.install(api)
     return api
 
 
 async def agent_kb(request: Request) -> KnowledgeBase:
-    """The agent's knowledge base, limited to the caller's collections (403 for the request's own)."""
+    """The agent's knowledge base, limited to the caller's collections (403 for the request's own), searching with
+    the request's retrieval mode (a graph mode on a collection without a graph: 400 before the agent starts)."""
     who = caller(request)
     body = await request.json()
     named = [body.get("collection"), *(body.get("collections") or [])] if isinstance(body, dict) else []
     for name in named:
         if isinstance(name, str):
             who.check(name)
-    return KnowledgeBase(get_rag(request), who)
+    rag = get_rag(request)
+    raw = body.get("mode") if isinstance(body, dict) else None
+    mode: RetrievalMode = cast(RetrievalMode, raw) if raw in get_args(RetrievalMode) else "hybrid"
+    if mode in GRAPH_MODES:
+        await rag.graph.require_for_mode([n for n in named if isinstance(n, str)], mode)
+    return KnowledgeBase(rag, who, mode)
 
 
 async def agent_chat_model(request: Request) -> Any:
@@ -81,9 +94,11 @@ def build_app(
     async def close(service: RagService) -> None:
         await service.close()
 
-    return build_service_app(
+    app = build_service_app(
         "rag", settings, registry, load, close, api_router(settings), body_limit=settings.max_upload_bytes
     )
+    app.state.responses_store = ResponseStore(settings.responses_store_size, int(settings.responses_store_mib * 2**20))
+    return app
 
 
 def refuse_locked_store(settings: RagSettings) -> None:

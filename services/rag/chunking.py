@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 
 import numpy as np
-from langchain_text_splitters import RecursiveCharacterTextSplitter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from tokenizers import Encoding, Tokenizer
 
@@ -31,6 +31,13 @@ DEFAULT_CHUNK_SIZE = 200
 # Texts shorter than this are split on the event loop: a thread hop costs more than the work.
 _INLINE_CHARS = 20_000
 _GIL_FREE_CHARS = 2_000
+# Longer spans are tokenized a segment at a time: time and memory stay linear and bounded whatever the
+# text (a 20 MB upload without whitespace was tens of millions of one-character pieces).
+_SEGMENT_CHARS = 65_536
+# Pieces measured alone are cached up to this length (words, lines, whole paragraphs repeat), up to
+# _CACHE_CHARS characters of them in all.
+_CACHED_CHARS = 8192
+_CACHE_CHARS = 8_000_000
 
 # Paragraphs, lines, sentences, words, characters. Regexes so that "\r\n" line ends and blank
 # lines holding spaces count as breaks; CJK sentence ends need no following space.
@@ -115,86 +122,36 @@ class _Piece:
     tokens: int = 0
 
 
-class _Span(str):
-    """A slice of the source that remembers where it starts, so merged pieces keep exact offsets."""
+class _Merge:
+    """LangChain's `TextSplitter._merge_splits` on source offsets, one piece at a time: neighbouring
+    pieces are joined while the sum of their token counts fits `size`, and each new chunk starts with
+    the last pieces of the one before that add up to at most `overlap` tokens."""
 
-    start: int
+    def __init__(self, size: int, overlap: int):
+        self.size, self.overlap = size, overlap
+        self.window: deque[tuple[int, int, int]] = deque()  # (start, end, tokens)
+        self.total = 0
 
-    def __new__(cls, text: str, start: int) -> _Span:
-        span = super().__new__(cls, text)
-        span.start = start
-        return span
+    def add(self, start: int, end: int, tokens: int) -> list[_Piece]:
+        out = []
+        if self.window and self.total + tokens > self.size:
+            out.append(_Piece(self.window[0][0], self.window[-1][1]))
+            while self.window and (self.total > self.overlap or (self.total + tokens > self.size and self.total > 0)):
+                self.total -= self.window.popleft()[2]
+        self.window.append((start, end, tokens))
+        self.total += tokens
+        return out
 
-    @property
-    def end(self) -> int:
-        return self.start + len(self)
-
-
-class _SpanSplitter(RecursiveCharacterTextSplitter):
-    """LangChain's recursive splitter, fed pieces that carry their source offsets.
-
-    `split_text` returns plain strings; finding them again with `str.find` lands on the wrong
-    copy when text repeats. Here the pieces are `_Span`s and LangChain's own merge (sizes and
-    overlap) joins them, so each chunk's start is known exactly.
-    """
-
-    def __init__(self, separators: list[str], chunk_size: int, chunk_overlap: int, count: Callable[[str], int]):
-        super().__init__(
-            separators=separators,
-            is_separator_regex=True,
-            keep_separator="start",
-            chunk_size=chunk_size,
-            chunk_overlap=chunk_overlap,
-            length_function=count,
-            strip_whitespace=False,
-        )
-
-    def split_span(self, text: str, start: int) -> list[_Span]:
-        return self._split_span(_Span(text, start), self._separators)
-
-    def _split_span(self, text: _Span, separators: list[str]) -> list[_Span]:
-        # Same walk as RecursiveCharacterTextSplitter._split_text: first separator found in the
-        # text, merge the small pieces, recurse into the big ones with the finer separators.
-        separator, finer = separators[-1], []
-        for i, candidate in enumerate(separators):
-            if not candidate:
-                separator = candidate
-                break
-            if re.search(candidate, text):
-                separator, finer = candidate, separators[i + 1 :]
-                break
-        chunks: list[_Span] = []
-        small: list[_Span] = []
-        for piece in _cut(text, separator):
-            if self._length_function(piece) <= self._chunk_size:
-                small.append(piece)
-                continue
-            if small:
-                chunks.extend(self._merge(small))
-                small = []
-            # Without finer separators the piece goes as it is; the final fitting pass cuts it.
-            chunks.extend(self._split_span(piece, finer) if finer else [piece])
-        if small:
-            chunks.extend(self._merge(small))
-        return chunks
-
-    def _merge(self, pieces: list[_Span]) -> list[_Span]:
-        return [doc for doc in self._merge_splits(pieces, "") if isinstance(doc, _Span)]
-
-    def _join_docs(self, docs: list[str], separator: str) -> str | None:
-        # Called by LangChain's merge with a run of neighbouring pieces (separators are kept inside them).
-        if not docs or not isinstance(docs[0], _Span):
-            return super()._join_docs(docs, separator)
-        return _Span("".join(docs), docs[0].start)
+    def flush(self) -> list[_Piece]:
+        out = [_Piece(self.window[0][0], self.window[-1][1])] if self.window else []
+        self.window.clear()
+        self.total = 0
+        return out
 
 
-def _cut(text: _Span, separator: str) -> list[_Span]:
-    """The text cut before each separator match (the separator starts the next piece)."""
-    if not separator:
-        return [_Span(ch, text.start + i) for i, ch in enumerate(text)]
-    points = sorted({m.start() for m in re.finditer(separator, text) if 0 < m.start() < len(text)})
-    bounds = [0, *points, len(text)]
-    return [_Span(text[a:b], text.start + a) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+def _cut_points(pattern: re.Pattern[str], text: str, start: int, end: int) -> list[int]:
+    """Where `pattern` matches inside text[start:end] (the separator starts the next piece)."""
+    return sorted({m.start() for m in pattern.finditer(text, start, end) if start < m.start() < end})
 
 
 T = TypeVar("T")
@@ -213,6 +170,8 @@ class Chunker:
         self._tok.no_padding()
         self.max_tokens = max_tokens
         self._embed = embed
+        self._counts: dict[str, int] = {}
+        self._cached_chars = 0
 
     @classmethod
     def for_model(cls, model_folder: str | Path, max_input_tokens: int = 256, embed: Embed | None = None) -> Chunker:
@@ -283,45 +242,107 @@ class Chunker:
             pieces = self._recursive(text, 0, len(text), size, overlap, params.separators)
         return self._finish(text, pieces, size)
 
-    def _windows(self, text: str, size: int, overlap: int) -> list[_Piece]:
-        """Windows of at most `size` tokens sharing about `overlap`, cut where a word starts."""
-        encoding = self._encode(text)
-        starts = [a for a, _ in encoding.offsets]
-        n = len(starts)
-        words = encoding.word_ids
-        # A cut inside a word re-tokenizes both halves differently ("##ands" alone is "and", "##s"),
-        # so windows end at the last word start that fits; only a word longer than a window is cut.
-        word_start_at_or_before = [0] * (n + 1)
-        for i in range(1, n):
-            word_start_at_or_before[i] = i if words[i] != words[i - 1] else word_start_at_or_before[i - 1]
-        word_start_at_or_before[n] = n
-        pieces = []
-        first = 0
-        while first + size < n:
-            cut = word_start_at_or_before[first + size]
-            if cut <= first:
-                cut = first + size
-            # The window runs up to the next cut, so text between tokens (spaces, marks the
-            # tokenizer drops) belongs to a chunk too.
-            pieces.append(_Piece(starts[first] if first else 0, starts[cut]))
-            # The next window starts at the first word start inside the overlap, so chunks share at most `overlap`.
-            lowest = max(cut - overlap, first + 1)
-            following = next((j for j in range(lowest, cut) if word_start_at_or_before[j] == j), cut)
-            first = following
-        pieces.append(_Piece(starts[first] if first else 0, len(text)))
-        return pieces
+    def _windows(self, text: str, size: int, overlap: int, start: int = 0, end: int | None = None) -> list[_Piece]:
+        """Windows of text[start:end] of at most `size` tokens sharing about `overlap`, cut where a word
+        starts. The text is tokenized a segment at a time (from where the next window starts), so any
+        length runs in bounded memory."""
+        end = len(text) if end is None else end
+        pieces: list[_Piece] = []
+        pos, span = start, _SEGMENT_CHARS
+        while True:
+            stop = min(end, pos + span)
+            last = stop == end
+            encoding = self._encode(text[pos:stop])
+            starts = [pos + a for a, _ in encoding.offsets]
+            n = len(starts)
+            words = encoding.word_ids
+            # A cut inside a word re-tokenizes both halves differently ("##ands" alone is "and", "##s"),
+            # so windows end at the last word start that fits; only a word longer than a window is cut.
+            word_start_at_or_before = [0] * (n + 1)
+            for i in range(1, n):
+                word_start_at_or_before[i] = i if words[i] != words[i - 1] else word_start_at_or_before[i - 1]
+            word_start_at_or_before[n] = n
+            # Before the segment's end, its last word may go on past it: windows are settled before that word.
+            settled = n if last else word_start_at_or_before[n - 1] if n else 0
+            first = 0
+            while first + size < settled:
+                cut = word_start_at_or_before[first + size]
+                if cut <= first:
+                    cut = first + size
+                # The window runs up to the next cut, so text between tokens (spaces, marks the
+                # tokenizer drops) belongs to a chunk too.
+                pieces.append(_Piece(starts[first] if first else pos, starts[cut]))
+                # The next window starts at the first word start inside the overlap, so chunks share at most `overlap`.
+                lowest = max(cut - overlap, first + 1)
+                first = next((j for j in range(lowest, cut) if word_start_at_or_before[j] == j), cut)
+            if last:
+                pieces.append(_Piece(starts[first] if first else pos, end))
+                return pieces
+            if first:
+                pos, span = starts[first], _SEGMENT_CHARS
+            else:  # not one window settled in the segment (very long tokens): take more text
+                span *= 2
 
     def _recursive(
         self, text: str, start: int, end: int, size: int, overlap: int, separators: list[str] | None
     ) -> list[_Piece]:
+        """LangChain's recursive character splitting (its algorithm, on offsets, with token counts): cut
+        at the first separator found, merge the small pieces, split the big ones with the finer
+        separators; the character level ('') becomes token windows instead of one piece per character."""
         seps = [re.escape(s) for s in separators] if separators is not None else _DEFAULT_SEPARATORS
-        splitter = _SpanSplitter(seps, size, overlap, self._cached_counter())
-        return [_Piece(s.start, s.end) for s in splitter.split_span(text[start:end], start)]
+        patterns = [re.compile(s) if s else None for s in seps]
+        return self._split_span(text, start, end, patterns, size, overlap)
+
+    def _split_span(
+        self, text: str, start: int, end: int, patterns: list[re.Pattern[str] | None], size: int, overlap: int
+    ) -> list[_Piece]:
+        for i, pattern in enumerate(patterns):
+            if pattern is None:
+                return self._windows(text, size, overlap, start, end)
+            points = _cut_points(pattern, text, start, end)
+            if points:
+                finer = patterns[i + 1 :]
+                break
+        else:  # nothing cuts it: as it is, and the final fitting pass cuts it if it must
+            return [_Piece(start, end)]
+        out: list[_Piece] = []
+        merge = _Merge(size, overlap)
+        bounds = [start, *points, end]
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            tokens = self._count_upto(text, a, b, size)
+            if tokens <= size:
+                out += merge.add(a, b, tokens)
+                continue
+            out += merge.flush()
+            # Without finer separators the piece goes as it is; the final fitting pass cuts it.
+            out += self._split_span(text, a, b, finer, size, overlap) if finer else [_Piece(a, b)]
+        return out + merge.flush()
+
+    def _count_upto(self, text: str, start: int, end: int, limit: int) -> int:
+        """Tokens of text[start:end] alone when at most `limit`; past it, some count over `limit`, found
+        without tokenizing more than a segment or so of a long span."""
+        if end - start <= _CACHED_CHARS:
+            piece = text[start:end]
+            n = self._counts.get(piece)
+            if n is None:
+                self._cached_chars += len(piece)
+                if self._cached_chars > _CACHE_CHARS:
+                    self._counts.clear()
+                    self._cached_chars = len(piece)
+                n = self._counts[piece] = len(self._encode(piece).ids)
+            return n
+        seen = 0
+        for pos in range(start, end, _SEGMENT_CHARS):
+            seen += len(self._encode(text[pos : min(end, pos + _SEGMENT_CHARS)]).ids)
+            if seen > limit:
+                return seen
+        # Few tokens in many characters (very long words): count the span whole.
+        return len(self._encode(text[start:end]).ids)
 
     def _markdown(self, text: str, size: int, overlap: int, separators: list[str] | None) -> list[_Piece]:
         pieces: list[_Piece] = []
         for section in _sections(text):
-            if self.count_tokens(text[section.start : section.end]) <= size:
+            if self._count_upto(text, section.start, section.end, size) <= size:
                 pieces.append(section)
                 continue
             for sub in self._recursive(text, section.start, section.end, size, overlap, separators):
@@ -347,37 +368,43 @@ class Chunker:
         """Strip each piece, drop blank ones, and cut those over `size` tokens counted alone; sets `tokens`."""
         stripped = [_Piece(*_strip(text, p.start, p.end), p.metadata) for p in pieces]
         stripped = [p for p in stripped if p.start < p.end]
-        # One batch call (parallel in the Rust tokenizer) settles the common case: the piece fits.
-        encodings = self._tok.encode_batch([text[p.start : p.end] for p in stripped], add_special_tokens=False)
         out: list[_Piece] = []
-        for piece, encoding in zip(stripped, encodings, strict=True):
-            todo = [(piece.start, piece.end, encoding.offsets)]
-            while todo:
-                start, end, offsets = todo.pop()
-                # A single character is never cut (no real tokenizer makes 16 pieces of one).
-                if len(offsets) <= size or end - start == 1:
-                    out.append(_Piece(start, end, dict(piece.metadata), len(offsets)))
-                    continue
-                cut = start + offsets[size][0]
-                if not start < cut < end:
-                    cut = (start + end) // 2
-                for a, b in ((cut, end), (start, cut)):
-                    a, b = _strip(text, a, b)
-                    if a < b:
-                        todo.append((a, b, self._encode(text[a:b]).offsets))
+        for batch in _batches(stripped, _SEGMENT_CHARS * 4):
+            # One batch call (parallel in the Rust tokenizer) settles the common case: the piece fits.
+            short = [p for p in batch if p.end - p.start <= _SEGMENT_CHARS]
+            encodings = self._tok.encode_batch([text[p.start : p.end] for p in short], add_special_tokens=False)
+            counts = {id(p): len(e.ids) for p, e in zip(short, encodings, strict=True)}
+            for piece in batch:
+                tokens = counts.get(id(piece))
+                if tokens is None:
+                    tokens = self._count_upto(text, piece.start, piece.end, size)
+                todo = [(piece.start, piece.end, tokens)]
+                while todo:
+                    start, end, tokens = todo.pop()
+                    # A single character is never cut (no real tokenizer makes 16 pieces of one).
+                    if tokens <= size or end - start == 1:
+                        out.append(_Piece(start, end, dict(piece.metadata), tokens))
+                        continue
+                    cuts = [_strip(text, w.start, w.end) for w in self._windows(text, size, 0, start, end)]
+                    if len(cuts) < 2:  # counted alone it is too long, yet in windows it fits: halve it
+                        middle = (start + end) // 2
+                        cuts = [_strip(text, start, middle), _strip(text, middle, end)]
+                    for a, b in reversed([(a, b) for a, b in cuts if a < b]):
+                        todo.append((a, b, self._count_upto(text, a, b, size)))
         return out
 
-    def _cached_counter(self) -> Callable[[str], int]:
-        # LangChain measures each piece several times while merging, and words repeat a lot.
-        cache: dict[str, int] = {}
-
-        def count(piece: str) -> int:
-            n = cache.get(piece)
-            if n is None:
-                n = cache[str(piece)] = self.count_tokens(piece)
-            return n
-
-        return count
+def _batches(pieces: list[_Piece], chars: int) -> Iterable[list[_Piece]]:
+    """Consecutive runs of pieces of about `chars` characters in all (tokenized together)."""
+    batch: list[_Piece] = []
+    total = 0
+    for piece in pieces:
+        batch.append(piece)
+        total += piece.end - piece.start
+        if total >= chars:
+            yield batch
+            batch, total = [], 0
+    if batch:
+        yield batch
 
 
 def _strip(text: str, start: int, end: int) -> tuple[int, int]:

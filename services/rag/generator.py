@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import httpx
 
 from services.common.errors import NotReady, UpstreamUnavailable
-from services.common.upstream import call, upstream_error
+from services.common.upstream import NO_RETRY, Retry, call, send, upstream_error
 from services.generation.protocol import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 from services.generation.serving import GenerationService
 
@@ -84,33 +84,35 @@ def _body(request: ChatCompletionRequest, stream: bool) -> dict[str, Any]:
 
 
 class HttpGenerator:
-    """A generation service over HTTP (its OpenAI-compatible API)."""
+    """A generation service over HTTP (its OpenAI-compatible API).
 
-    def __init__(self, client: httpx.AsyncClient):
-        self.client = client
+    `retry` repeats listings, and chats the service refused (429, 503) before generating anything.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, retry: Retry = NO_RETRY):
+        self.client, self.retry = client, retry
 
     async def models(self) -> list[str]:
-        listing = await call(self.client, "GET", "/v1/models", service="generation")
+        listing = await call(self.client, "GET", "/v1/models", service="generation", retry=self.retry)
         return [m["id"] for m in listing["data"]]
 
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
-        body = _body(request, False)
-        return ChatCompletionResponse.model_validate(
-            await call(self.client, "POST", "/v1/chat/completions", body, service="generation")
-        )
+        answer = await call(
+            self.client, "POST", "/v1/chat/completions", _body(request, False),
+            service="generation", retry=self.retry, idempotent=False,
+        )  # fmt: skip
+        return ChatCompletionResponse.model_validate(answer)
 
     async def chat_stream(self, request: ChatCompletionRequest) -> AsyncGenerator[ChatCompletionChunk, None]:
+        resp = await send(
+            self.client, "POST", "/v1/chat/completions", _body(request, True),
+            service="generation", retry=self.retry, idempotent=False,
+        )  # fmt: skip
         try:
-            async with self.client.stream("POST", "/v1/chat/completions", json=_body(request, True)) as resp:
-                if resp.status_code >= 400:
-                    raw = await resp.aread()
-                    try:
-                        parsed: Any = json.loads(raw)
-                    except ValueError:
-                        parsed = raw.decode(errors="replace")
-                    raise upstream_error(resp.status_code, parsed, resp.headers)
-                async for line in resp.aiter_lines():
-                    if (chunk := _chunk(line)) is not None:
-                        yield chunk
+            async for line in resp.aiter_lines():
+                if (chunk := _chunk(line)) is not None:
+                    yield chunk
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(f"The generation service at {self.client.base_url} failed: {exc}") from exc
+        finally:
+            await resp.aclose()

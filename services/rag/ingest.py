@@ -20,6 +20,8 @@ from services.embeddings.client import Embedder
 
 from .bm25 import BM25Encoder
 from .chunking import Chunker, ChunkingParams, parse_chunking
+from .graph.service import GraphService
+from .graph.types import SETTING, GraphMode
 from .metrics import RagMetrics
 from .parsing import FetchOptions, ParsedDocument, ParseOptions, fetch_documents, parse_upload
 from .protocol import IngestResult, Job, JobError
@@ -78,9 +80,10 @@ class Ingestor:
         sparse: BM25Encoder,
         settings: RagSettings,
         metrics: RagMetrics,
+        graph: GraphService | None = None,
     ):
         self.store, self.embedder, self.chunker, self.sparse = store, embedder, chunker, sparse
-        self.settings, self.metrics = settings, metrics
+        self.settings, self.metrics, self.graph = settings, metrics, graph
 
     def chunking(self, params: dict[str, Any] | None, fmt: str = "text") -> ChunkingParams:
         """The request's chunking over the service defaults (markdown documents split on headings)."""
@@ -95,13 +98,15 @@ class Ingestor:
             base["chunk_overlap"] = min(self.settings.chunk_overlap, size // 2)
         return parse_chunking({**base, **params})
 
-    async def ensure_collection(self, name: str) -> None:
-        """Create the collection for this embedding model on first use; refuse one made for another model."""
+    async def ensure_collection(self, name: str, graph: GraphMode | None = None) -> None:
+        """Create the collection for this embedding model on first use (with a knowledge graph made as `graph`
+        says, default `graph_default`); refuse one made for another model."""
         try:
             await self.check_collection(name)
         except NotFound:  # create_collection is idempotent, and a Conflict if another model won a race
             await self.store.create_collection(
-                name, dimension=self.embedder.dimension, embed_model=self.embedder.embed_model, sparse_model="bm25"
+                name, dimension=self.embedder.dimension, embed_model=self.embedder.embed_model, sparse_model="bm25",
+                metadata={SETTING: graph or self.settings.graph_default},
             )
 
     async def check_collection(self, name: str) -> None:
@@ -127,10 +132,19 @@ class Ingestor:
     async def store_documents(self, collection: str,
                               prepared: Sequence[tuple[ParsedDocument, list[Chunk]]]) -> list[DocumentInfo]:
         """Embed every chunk of the documents in one call and store them in one batch write (one staged
-        upsert, one commit, one publish: the store's per-document steps cost more than the embedding)."""
+        upsert, one commit, one publish: the store's per-document steps cost more than the embedding); their
+        knowledge graph is extracted meanwhile and written after them, in one write too."""
         texts = [c.text for _, chunks in prepared for c in chunks]
-        dense = await self.embedder.embed(texts)
-        sparse = await asyncio.to_thread(self.sparse.encode_documents, texts)
+        # the graph's extraction runs beside the embedding (in a thread, or on the generation service)
+        extraction = asyncio.ensure_future(self.graph.extract(collection, texts)) if self.graph else None
+        try:
+            dense = await self.embedder.embed(texts)
+            sparse = await asyncio.to_thread(self.sparse.encode_documents, texts)
+            extracted = await extraction if extraction else None
+        except BaseException:
+            if extraction:
+                extraction.cancel()
+            raise
         writes, at = [], 0
         for doc, chunks in prepared:
             n = len(chunks)
@@ -138,6 +152,9 @@ class Ingestor:
                                         chunks=chunks, dense=dense[at:at + n], sparse=sparse[at:at + n]))
             at += n
         infos = await self.store.write_documents(collection, writes)
+        if self.graph and extracted is not None:
+            await self.graph.documents_stored(collection, [(info, len(chunks)) for info, (_, chunks) in
+                                                            zip(infos, prepared, strict=True)], extracted)
         self.metrics.documents.labels("ok").inc(len(infos))
         self.metrics.chunks.inc(len(texts))
         return infos

@@ -12,6 +12,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from services.generation.protocol import Seed
+
+from .graph.types import GraphEvidence, GraphMode
 from .types import (
     Chunk,
     CollectionInfo,
@@ -42,6 +45,11 @@ class _Strict(BaseModel):
 
 class CollectionCreate(_Strict):
     name: CollectionName
+    graph: GraphMode | None = Field(
+        None,
+        description="Knowledge graph extracted at ingestion: off, keyphrase (model-free) or llm (the generation "
+        "model, structured output); default: the service's `graph_default` (keyphrase).",
+    )
 
 
 class CollectionList(BaseModel):
@@ -242,7 +250,7 @@ class QueryRequest(_Targets):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: Seed | None = None
     stream: bool = False
 
     @model_validator(mode="after")
@@ -281,6 +289,7 @@ class Citation(BaseModel):
     end: int
     score: float | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    graph: GraphEvidence | None = Field(None, description="Graph retrieval: the entities and relations behind it.")
     quote: Quote | None = Field(None, description="The supporting sentence, on cited sources.")
 
 

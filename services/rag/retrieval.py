@@ -1,24 +1,34 @@
-"""Retrieval (dense, sparse, hybrid through Qdrant's query API) and reranking of hits."""
+"""Retrieval (dense, sparse, hybrid through Qdrant's query API; graph and hybrid+graph through the
+collection's knowledge graph, see services/rag/graph) and reranking of hits."""
 
 from __future__ import annotations
 
 import asyncio
 
+from services.common.errors import InvalidRequest
 from services.embeddings.client import Embedder, Reranker
 
 from .bm25 import BM25Encoder
+from .graph.fusion import rrf
+from .graph.service import GraphService
 from .ingest import Ingestor
 from .metrics import Timings
 from .store import VectorStore
 from .types import Fusion, Hit, MetadataFilter, RetrievalMode
 
+GRAPH_MODES = ("graph", "hybrid+graph")
+# hits of each list fused in hybrid+graph, per hit asked (Qdrant's hybrid prefetches 4 * top_k)
+FUSION_DEPTH = 4
+GRAPH_WEIGHT = 1.0
+
 
 class Retriever:
     def __init__(
-        self, store: VectorStore, embedder: Embedder, reranker: Reranker, sparse: BM25Encoder, ingestor: Ingestor
+        self, store: VectorStore, embedder: Embedder, reranker: Reranker, sparse: BM25Encoder, ingestor: Ingestor,
+        graph: GraphService | None = None,
     ):
         self.store, self.embedder, self.reranker, self.sparse = store, embedder, reranker, sparse
-        self.ingestor = ingestor
+        self.ingestor, self.graph = ingestor, graph
 
     async def retrieve(
         self,
@@ -36,6 +46,9 @@ class Retriever:
         timings = timings if timings is not None else Timings()
         for name in collections:
             await self.ingestor.check_collection(name)
+        if mode in GRAPH_MODES:
+            return await self._graph_retrieve(collections, query, mode, fusion, top_k, filter, score_threshold,
+                                              timings)
         dense = sparse = None
         with timings.stage("embed"):
             if mode in ("dense", "hybrid"):
@@ -53,6 +66,35 @@ class Retriever:
                 filter=filter,
                 score_threshold=score_threshold,
             )
+
+    async def _graph_retrieve(self, collections: list[str], query: str, mode: RetrievalMode, fusion: Fusion,
+                              top_k: int, filter: MetadataFilter | None, score_threshold: float | None,
+                              timings: Timings) -> list[Hit]:
+        """graph: the graph walk's chunks; hybrid+graph: those fused with dense and sparse search by RRF, each
+        list as deep as hybrid's prefetches (so with no graph hit it ranks as hybrid does)."""
+        if self.graph is None:
+            raise InvalidRequest(f"Retrieval mode '{mode}' is not available in this service.", param="mode")
+        if mode == "hybrid+graph" and fusion != "rrf":
+            raise InvalidRequest("hybrid+graph fuses by RRF; fusion 'dbsf' applies to hybrid only.", param="fusion")
+        await self.graph.require_for_mode(collections, mode)
+        with timings.stage("embed"):
+            dense = (await self.embedder.embed([query]))[0]
+            sparse = await asyncio.to_thread(self.sparse.encode_query, query) if mode != "graph" else None
+        with timings.stage("retrieve"):
+            if mode == "graph":
+                hits = await self.graph.search(collections, query, dense, top_k=top_k, filter=filter)
+            else:
+                depth = top_k * FUSION_DEPTH
+                runs = await asyncio.gather(
+                    self.store.search(collections, dense=dense, sparse=None, mode="dense", top_k=depth, filter=filter),
+                    self.store.search(collections, dense=None, sparse=sparse, mode="sparse", top_k=depth,
+                                      filter=filter),
+                    self.graph.search(collections, query, dense, top_k=depth, filter=filter),
+                )
+                hits = rrf(runs, top_k, weights=(1.0, 1.0, GRAPH_WEIGHT))
+        if score_threshold is not None:
+            hits = [h for h in hits if h.score >= score_threshold]
+        return hits[:top_k]
 
     def should_rerank(self, asked: bool | None, thresholded: bool = False) -> bool:
         """`asked`, or by default: with a cross-encoder (a bi-encoder's cosine mostly re-sorts what dense

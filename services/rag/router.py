@@ -17,12 +17,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
 from services.common.auth import ANONYMOUS, Principal
-from services.common.errors import InvalidRequest, ModelNotFound
+from services.common.errors import InvalidRequest, ModelNotFound, NotFound
 from services.common.http import cancel_on_disconnect
 from services.common.protocol import error_responses, sse_response_doc
 from services.common.service import loaded_service, require_key
@@ -38,6 +38,7 @@ from .protocol import (
     CitationsEvent,
     CollectionCreate,
     CollectionList,
+    CollectionName,
     Deleted,
     DeltaEvent,
     DocumentDetail,
@@ -97,9 +98,11 @@ async def list_collections(request: Request, rag: Rag) -> CollectionList:
 
 @router.post("/rag/collections", response_model=CollectionInfo, responses=_BODY_ERRORS, tags=["rag"])
 async def create_collection(body: CollectionCreate, request: Request, rag: Rag) -> CollectionInfo:
-    """Create a collection for the served embedding model (idempotent)."""
+    """Create a collection for the served embedding model (idempotent; 409 if it exists with another graph)."""
     caller(request).check(body.name, write=True)
-    await rag.ingestor.ensure_collection(body.name)
+    await rag.ingestor.ensure_collection(body.name, graph=body.graph)
+    if body.graph is not None:
+        await rag.graph.check_mode(body.name, body.graph)
     return await rag.store.get_collection(body.name)
 
 
@@ -114,6 +117,7 @@ async def delete_collection(name: str, request: Request, rag: Rag) -> Deleted:
     caller(request).check(name, write=True)
     await rag.store.get_collection(name)
     await rag.store.delete_collection(name)
+    rag.graph.collection_deleted(name)
     return Deleted(id=name, object="collection")
 
 
@@ -317,6 +321,7 @@ async def get_document(name: str, doc_id: str, request: Request, rag: Rag) -> Do
 async def delete_document(name: str, doc_id: str, request: Request, rag: Rag) -> Deleted:
     caller(request).check(name, write=True)
     await rag.store.delete_document(name, doc_id)
+    await rag.graph.document_deleted(name, doc_id)
     return Deleted(id=doc_id, object="document")
 
 
@@ -329,8 +334,14 @@ async def list_jobs(request: Request, rag: Rag) -> JobList:
 @router.get("/rag/jobs/{job_id}", response_model=Job, responses=_ERRORS, tags=["rag"])
 async def get_job(job_id: str, request: Request, rag: Rag) -> Job:
     """Progress of a background ingestion: documents and chunks done, errors per file."""
-    job = await rag.jobs.get(job_id)
-    caller(request).check(job.collection)
+    who = caller(request)
+    try:
+        job: Job | None = await rag.jobs.get(job_id)
+    except NotFound:
+        job = None
+    if job is None or not who.can(job.collection):
+        # A job of a collection outside the key's scope answers as a missing one: its existence is not the caller's.
+        raise NotFound(f"No job '{job_id}'.", param="job_id", code="job_not_found")
     return job
 
 
@@ -395,11 +406,28 @@ async def query(body: QueryRequest, request: Request, rag: Rag) -> Response:
     return JSONResponse(result.model_dump(mode="json"))
 
 
+_COLLECTION_NAME: TypeAdapter[str] = TypeAdapter(CollectionName)
+# As many as a query may name (QueryRequest.collections).
+MAX_RAG_TARGETS = 16
+
+
 def rag_targets(model: str) -> list[str]:
-    """Collections named by a `rag:<collection>[,<collection>…]` model."""
+    """Collections named by a `rag:<collection>[,<collection>…]` model: 404 for a name no collection can
+    have, 400 for more than a query may name."""
     names = [n.strip() for n in model.removeprefix(RAG_MODEL_PREFIX).split(",") if n.strip()]
     if not model.startswith(RAG_MODEL_PREFIX) or not names:
         raise ModelNotFound(model)
+    for name in names:
+        try:
+            _COLLECTION_NAME.validate_python(name)
+        except ValidationError:
+            raise ModelNotFound(model) from None
+    if len(names) > MAX_RAG_TARGETS:
+        raise InvalidRequest(
+            f"A rag: model names at most {MAX_RAG_TARGETS} collections ({len(names)} given).",
+            param="model",
+            code="too_many_collections",
+        )
     return names
 
 

@@ -31,13 +31,15 @@ from .bm25 import BM25Encoder
 from .chunking import Chunker
 from .context import CachedEmbeddings
 from .generator import Generator, HttpGenerator
+from .graph.llm import LlmExtractor
+from .graph.service import GraphService
 from .ingest import Ingestor, JobManager
 from .metrics import RagMetrics
 from .retrieval import Retriever
 from .settings import RagSettings
 from .store import VectorStore, open_store
 from .store.snapshots import snapshot_collection_name
-from .types import CollectionInfo, DocumentInfo, Hit, StoredChunk
+from .types import CollectionInfo, DocumentInfo, Hit, RetrievalMode, StoredChunk
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +81,12 @@ async def http_links(settings: RagSettings) -> Links:
     assert settings.embeddings_url and settings.generation_url
     gen_client = _client(settings, settings.generation_url)
     emb_client = _client(settings, settings.embeddings_url)
-    generator = HttpGenerator(gen_client)
+    retry = settings.upstream_retry()
+    generator = HttpGenerator(gen_client, retry)
     delay = 0.5
     while True:
         try:
-            embeddings = await HttpEmbeddings.connect(settings.embeddings_url, client=emb_client)
+            embeddings = await HttpEmbeddings.connect(settings.embeddings_url, client=emb_client, retry=retry)
             await generator.models()
             break
         except InferagError as exc:  # unreachable, or 503 while they load
@@ -116,16 +119,16 @@ class KnowledgeBase:
     """What the agent's tools see: search (retrieve + rerank), documents and collections, within the
     caller's scope (a collection the model names outside it is a Forbidden tool error)."""
 
-    def __init__(self, service: RagService, caller: Principal = ANONYMOUS):
-        self.service, self.caller = service, caller
+    def __init__(self, service: RagService, caller: Principal = ANONYMOUS, mode: RetrievalMode = "hybrid"):
+        self.service, self.caller, self.mode = service, caller, mode
 
     async def search(self, query: str, collections: list[str], top_k: int) -> list[Hit]:
         for name in collections:
             self.caller.check(name)
         retriever = self.service.retriever
         if not retriever.should_rerank(None):
-            return await retriever.retrieve(collections, query, top_k=top_k, mode="hybrid")
-        hits = await retriever.retrieve(collections, query, top_k=max(top_k * 4, 20), mode="hybrid")
+            return await retriever.retrieve(collections, query, top_k=top_k, mode=self.mode)
+        hits = await retriever.retrieve(collections, query, top_k=max(top_k * 4, 20), mode=self.mode)
         return await retriever.rerank(query, hits, top_k)
 
     async def get_document(self, collection: str, doc_id: str) -> tuple[DocumentInfo, list[StoredChunk]]:
@@ -146,15 +149,22 @@ class RagService:
     def __init__(self, settings: RagSettings, store: VectorStore, links: Links, chunker: Chunker, metrics: RagMetrics):
         self.settings, self.store, self.links, self.chunker, self.metrics = settings, store, links, chunker, metrics
         self.sparse = BM25Encoder()
-        self.ingestor = Ingestor(store, links.embeddings, chunker, self.sparse, settings, metrics)
+        llm = LlmExtractor(links.generator, self._graph_model, concurrency=settings.graph_llm_concurrency,
+                           max_tokens=settings.graph_llm_max_tokens)
+        self.graph = GraphService.build(store, links.embeddings, keyphrases=settings.graph_keyphrases, llm=llm,
+                                        hops=settings.graph_hops, seeds=settings.graph_seeds)
+        self.ingestor = Ingestor(store, links.embeddings, chunker, self.sparse, settings, metrics, self.graph)
         self.jobs = JobManager(self.ingestor, settings, metrics)
-        self.retriever = Retriever(store, links.embeddings, links.embeddings, self.sparse, self.ingestor)
+        self.retriever = Retriever(store, links.embeddings, links.embeddings, self.sparse, self.ingestor, self.graph)
         # Sentences of retrieved chunks (context selection, quotes): embedded and counted once each.
         self.sentence_embeddings = CachedEmbeddings(links.embeddings)
         self.count_tokens = functools.lru_cache(maxsize=20_000)(chunker.count_tokens)
         self.answerer = Answerer(
             self.retriever, links.generator, self.sentence_embeddings, self.count_tokens, settings, metrics
         )
+
+    async def _graph_model(self) -> str:
+        return await self.answerer.model(self.settings.graph_llm_model)
 
     @classmethod
     async def load(cls, settings: RagSettings, metrics: RagMetrics, links: Links) -> RagService:
@@ -223,6 +233,7 @@ class RagService:
 
     async def close(self) -> None:
         await self.jobs.close()
+        await self.graph.close()
         await self.store.close()
         await self.links.aclose()
 

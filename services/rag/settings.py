@@ -10,7 +10,9 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import CommonSettings
+from services.common.upstream import Retry
 
+from .graph.types import GraphMode
 from .types import ContextMode
 
 
@@ -57,6 +59,14 @@ class RagSettings(CommonSettings):
     )
     generation_model: str | None = Field(None, description="Served model that answers; default: the first listed.")
     upstream_timeout: float = Field(300, gt=0, description="Seconds a call to an upstream service may take.")
+    upstream_retries: int = Field(
+        3, ge=0, le=10,
+        description="Retries of a call to the embeddings or generation service refused with 429/503 (or not "
+        "reached); generation is retried only when it had not started. Backoff with jitter, Retry-After obeyed.",
+    )  # fmt: skip
+    upstream_retry_max_wait: float = Field(
+        10, gt=0, description="Longest wait before a retry, in seconds; an upstream asking for longer is not retried."
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest request body (uploads): 413 over.")
     background_threshold_bytes: int = Field(
         1024 * 1024, ge=0, description="Ingestion requests larger than this run as a background job (202)."
@@ -89,9 +99,24 @@ class RagSettings(CommonSettings):
     )
     agent_time_limit: float = Field(120, gt=0, description="Wall-clock seconds an agent run may take.")
     agent_max_observation_chars: int = Field(4000, ge=200, description="Cap on a tool result fed back to the model.")
+    responses_store_size: int = Field(
+        1000, ge=0, description="`rag:` responses kept for `previous_response_id` and GET /v1/responses/{id}."
+    )
+    responses_store_mib: float = Field(64, gt=0, description="Most memory (MiB of JSON) those responses may take.")
     agent_tool_time_limit: float = Field(
         10, gt=0, description="Seconds one agent tool call may take (it then answers with an error observation)."
     )
+    graph_default: GraphMode = Field(
+        "keyphrase",
+        description="Knowledge graph of a collection created without saying (`graph` at creation): off, keyphrase "
+        "(model-free) or llm (extraction by the generation model).",
+    )
+    graph_keyphrases: int = Field(8, ge=0, le=64, description="Keyphrases taken per chunk by the keyphrase extractor.")
+    graph_hops: int = Field(2, ge=0, le=3, description="Relations walked from the entities a query matches.")
+    graph_seeds: int = Field(8, ge=0, le=100, description="Entities matched to a query by vector (beside name).")
+    graph_llm_model: str | None = Field(None, description="Model of the llm extractor; default: the answering one.")
+    graph_llm_concurrency: int = Field(4, ge=1, description="Chunks the llm extractor sends at once.")
+    graph_llm_max_tokens: int = Field(1024, ge=64, description="Reply budget of one llm extraction.")
 
     # ---- parsing (services/rag/parsing): bounds, OCR, web pages
     max_expanded_bytes: int = Field(
@@ -137,6 +162,9 @@ class RagSettings(CommonSettings):
 
     def store_path(self) -> str:
         return self.qdrant_path or str(Path(self.data_dir) / "qdrant")
+
+    def upstream_retry(self) -> Retry:
+        return Retry(attempts=self.upstream_retries + 1, max_wait_s=self.upstream_retry_max_wait)
 
     def upstream_key(self) -> str | None:
         key = self.upstream_api_key or self.api_key

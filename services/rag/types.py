@@ -9,7 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-RetrievalMode = Literal["dense", "sparse", "hybrid"]
+from .graph.types import GraphEvidence
+
+# graph: the collection's knowledge graph (services/rag/graph); hybrid+graph: hybrid and graph fused by RRF
+RetrievalMode = Literal["dense", "sparse", "hybrid", "graph", "hybrid+graph"]
 Fusion = Literal["rrf", "dbsf"]
 # What an answer's prompt shows of each source: the sentences closest to the question, or whole chunks.
 ContextMode = Literal["chunks", "sentences"]
@@ -61,6 +64,7 @@ class Hit(StoredChunk):
 
     collection: str
     score: float
+    graph: GraphEvidence | None = Field(None, description="Graph retrieval: the entities and relations behind it.")
 
 
 class CollectionInfo(BaseModel):
@@ -70,3 +74,6 @@ class CollectionInfo(BaseModel):
     sparse_model: str
     points: int
     documents: int
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Given at creation, e.g. {'graph': 'keyphrase'}."
+    )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import os
 import socket
 import threading
@@ -39,9 +40,11 @@ import requests
 import schemathesis
 import uvicorn
 from fastapi import FastAPI
-from hypothesis import HealthCheck, settings
+from fastapi.routing import APIRoute
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from services.common.protocol import sse_response_doc
 from services.embeddings.settings import EmbeddingsSettings
 from services.gateway.app import Gateway, GatewaySettings, build_gateway
 from services.rag.settings import RagSettings
@@ -95,6 +98,11 @@ async def _serve(model_dir: Path, started: concurrent.futures.Future[dict[str, s
             assert resp.status_code == 200, resp.text
             resp = await client.post("/rag/collections/kb/documents", json={"documents": DOCS})
             assert resp.status_code == 200, resp.text
+            # a stored response, so that half the retrievals and deletions find one
+            body = {"model": "tiny-llama", "input": "Hi", "max_output_tokens": 2}
+            resp = await client.post("/v1/responses", json=body)
+            assert resp.status_code == 200, resp.text
+            REAL_PATH_VALUES["response_id"] = resp.json()["id"]
         servers, tasks, urls = [], [], {}
         for name, app in gateway.services.items():
             sock = socket.create_server(("127.0.0.1", 0))
@@ -143,16 +151,35 @@ def stack(tiny_model_dir: Path) -> Iterator[dict[str, str]]:
             loop.close()
 
 
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI with its hidden chat route too: the RAG service's `rag:` chat is left out of its
+    docs (the generation service documents the route), and the fuzzing must reach it all the same, with
+    models named `rag:` and one or more names of any characters after it."""
+    hidden = False
+    for route in app.routes:
+        if isinstance(route, APIRoute) and not route.include_in_schema and route.path.startswith("/v1/chat"):
+            route.include_in_schema = hidden = True
+            # It streams with `stream: true`, like the generation service's chat.
+            route.responses = {**route.responses, 200: sse_response_doc("Chat completion, or its chunks.")}
+    spec = app.openapi()
+    if hidden:
+        model = {"type": "string", "pattern": "^rag:[^,]{0,70}(,[^,]{0,70}){0,20}$"}
+        spec["components"]["schemas"]["ChatCompletionRequest"]["properties"]["model"] = model
+    return spec
+
+
 # The documents only: these apps are never started (the OpenAPI is needed when tests are collected).
 SCHEMAS = {
-    name: schemathesis.openapi.from_dict(app.openapi())
+    name: schemathesis.openapi.from_dict(_openapi(app))
     for name, app in _gateway(Path("unused")).services.items()
     if isinstance(app, FastAPI)
 }
 
 # Random names rarely exist: positive cases use the stack's real models and collection instead (negative
 # ones keep theirs), and half the path parameters name real data.
-REAL_MODELS = {"/v1/embeddings": "all-minilm-l6-v2", "/v1/completions": "tiny-llama", "/v1/chat": "tiny-llama"}
+REAL_MODELS = {"/v1/embeddings": "all-minilm-l6-v2", "/v1/completions": "tiny-llama", "/v1/chat": "tiny-llama",
+               "/v1/responses": "tiny-llama", "/v1/perplexity": "tiny-llama", "/tokenize": "tiny-llama",
+               "/detokenize": "tiny-llama"}  # fmt: skip
 REAL_PATH_VALUES = {"name": "kb", "doc_id": "cats"}
 
 
@@ -167,21 +194,30 @@ for _schema in SCHEMAS.values():
     _schema.hook(flatmap_path_parameters)
 
 
-def _realistic(case: Any) -> None:
+_RAG_CASES = itertools.count()
+
+
+def _realistic(case: Any, service: str) -> None:
     """Positive cases: the stack's real names, and the cross-field rules the schema cannot say.
 
     Generated from the schema alone, nearly every such body breaks a model validator (a 'tool' message
     without content, both `collection` and `collections`...) and the success paths would go untested.
+    The RAG service's chat takes `rag:<collections>` models: half its cases name the seeded collection,
+    the others the generated string (random collection names, lists, characters no name may have).
     """
     body = case.body
     if not isinstance(body, dict) or case.meta is None or not case.meta.generation.mode.is_positive:
         return
+    rag_chat = service == "rag" and case.path.startswith("/v1/chat")
     if isinstance(body.get("model"), str):
-        model = next((m for path, m in REAL_MODELS.items() if case.path.startswith(path)), None)
+        if rag_chat:
+            model: str | None = "rag:kb" if next(_RAG_CASES) % 2 else body["model"]
+        else:
+            model = next((m for path, m in REAL_MODELS.items() if case.path.startswith(path)), None)
         if model is None:
             del body["model"]  # rerank and sparse: the served default
         else:
-            body["model"] = model
+            body["model"] = "rag:kb" if service == "rag" and case.path == "/v1/responses" else model
     if case.path in ("/rag/query", "/rag/agent", "/rag/retrieve"):
         if body.get("collections"):
             body["collections"] = ["kb"]
@@ -206,13 +242,13 @@ def _realistic(case: Any) -> None:
             message["content"] = message.get("content") or "What is part ZQX-4471?"
             if message.get("role") == "tool":
                 message["tool_call_id"] = message.get("tool_call_id") or "call-0"
-    if case.path.startswith("/rag/") and messages and isinstance(messages[-1], dict):
+    if (case.path.startswith("/rag/") or rag_chat) and messages and isinstance(messages[-1], dict):
         messages[-1]["role"] = "user"
     if body.get("prompt") == "":
         body["prompt"] = "Once upon a time"
 
 
-MODEL_ROUTES = ("/v1/chat/completions", "/v1/chat", "/v1/completions", "/rag/query", "/rag/agent")
+MODEL_ROUTES = ("/v1/chat/completions", "/v1/chat", "/v1/completions", "/v1/responses", "/rag/query", "/rag/agent")
 
 
 def _bounded(case: Any) -> None:
@@ -223,16 +259,17 @@ def _bounded(case: Any) -> None:
     body = case.body
     if not isinstance(body, dict) or case.path not in MODEL_ROUTES:
         return
-    for key in ("max_tokens", "max_completion_tokens"):
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(key)
-        if (value is None and key == "max_tokens") or (isinstance(value, int) and 8 < value <= 4096):
+        unset_limit = key == ("max_output_tokens" if case.path == "/v1/responses" else "max_tokens")
+        if (value is None and unset_limit) or (isinstance(value, int) and 8 < value <= 4096):
             body[key] = 8
     if isinstance(body.get("max_steps"), int) and body["max_steps"] > 2:
         body["max_steps"] = 2
 
 
-def _check(case: Any, base_url: str) -> None:
-    _realistic(case)
+def _check(case: Any, base_url: str, service: str) -> None:
+    _realistic(case, service)
     _bounded(case)
     resp = case.call_and_validate(base_url=base_url, checks=CHECKS)
     if TRACE:  # one line per case: method, path, status, seconds, generation mode, response head
@@ -247,19 +284,19 @@ def _check(case: Any, base_url: str) -> None:
 @SCHEMAS["generation"].parametrize()
 @FUZZ_SETTINGS
 def test_generation(case: Any, stack: dict[str, str]) -> None:
-    _check(case, stack["generation"])
+    _check(case, stack["generation"], "generation")
 
 
 @SCHEMAS["embeddings"].parametrize()
 @FUZZ_SETTINGS
 def test_embeddings(case: Any, stack: dict[str, str]) -> None:
-    _check(case, stack["embeddings"])
+    _check(case, stack["embeddings"], "embeddings")
 
 
 @SCHEMAS["rag"].parametrize()
 @FUZZ_SETTINGS
 def test_rag(case: Any, stack: dict[str, str]) -> None:
-    _check(case, stack["rag"])
+    _check(case, stack["rag"], "rag")
 
 
 # ---------------------------------------------------------------- what the fuzzing found, pinned
@@ -310,3 +347,17 @@ def test_filter_key_outside_qdrant_paths_is_400(stack: dict[str, str]) -> None:
     resp = requests.post(f"{stack['rag']}/rag/retrieve", json=body, timeout=60)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == "filter"
+
+
+@settings(FUZZ_SETTINGS, max_examples=max(EXAMPLES, 40))  # each case is a fast refusal
+@given(names=st.lists(st.text(max_size=70), min_size=1, max_size=20))
+def test_rag_model_names(stack: dict[str, str], names: list[str]) -> None:
+    """Any `rag:<names>` model is an answer or a 4xx in the error body: a name no collection may have
+    raised a ValidationError inside the route (the started stack reset the connection)."""
+    model = "rag:" + ",".join(names)
+    body = {"model": model, "messages": [{"role": "user", "content": "What is part ZQX-4471?"}], "max_tokens": 4}
+    resp = requests.post(f"{stack['rag']}/v1/chat/completions", json=body, timeout=60)
+    assert resp.status_code in (200, 400, 404), resp.text
+    if resp.status_code != 200:
+        assert set(resp.json()["error"]) == {"message", "type", "param", "code"}
+        assert resp.json()["error"]["param"] == "model"

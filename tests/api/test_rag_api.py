@@ -292,3 +292,35 @@ async def test_rag_model_through_the_openai_sdk(stack: httpx.AsyncClient) -> Non
     assert pieces[-1].choices[0].finish_reason in ("stop", "length")
     with pytest.raises(openai.NotFoundError):
         await client.chat.completions.create(model="rag:missing", messages=[{"role": "user", "content": "x"}])
+
+
+@pytest.mark.parametrize(
+    ("model", "status"),
+    [
+        ("rag:../../etc", 404),  # was a pydantic ValidationError inside the route (connection reset on the stack)
+        ("rag:kb,a b", 404),
+        ("rag:" + "x" * 64, 404),
+        ("rag:,,", 404),
+        ("rag:" + ",".join(f"c{i}" for i in range(17)), 400),  # more than 16 collections
+    ],
+)
+async def test_rag_model_names_are_refused_in_the_error_body(stack: httpx.AsyncClient, model: str, status: int) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "What is part ZQX-4471?"}], "max_tokens": 4}
+    error = assert_error(await stack.post("/v1/chat/completions", json=body), status)
+    assert error["param"] == "model" and error["code"] in ("model_not_found", "too_many_collections")
+
+
+async def test_ingestion_waits_out_a_full_embeddings_queue(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The embeddings batcher's 429 (queue full) was the document's failure; now it is retried as asked."""
+    caplog.set_level("INFO", logger="services.common.upstream")
+    overloaded = {"max_queue": 2, "batch_size": 1, "max_wait_ms": 0}
+    async with rag_stack(tiny_model_dir, embeddings=overloaded, upstream_retries=6) as (c, _):
+        text = " ".join(f"Sentence number {i} talks about sprockets and gearboxes." for i in range(40))
+        bodies = [{"documents": [{"id": f"d{i}", "text": text}], "chunking": {"chunk_size": 16}} for i in range(4)]
+        answers = await asyncio.gather(*(c.post("/rag/collections/busy/documents", json=b) for b in bodies))
+        assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers if r.status_code != 200]
+        listed = (await c.get("/rag/collections/busy/documents")).json()
+        assert listed["total"] == 4
+    assert any("try 2 again" in r.getMessage() for r in caplog.records), "the queue never filled: nothing tested"

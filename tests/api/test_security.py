@@ -12,7 +12,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
+from starlette.routing import Mount, Route
 
 from services.gateway.app import Gateway
 from tests.rag_stack import rag_stack
@@ -46,15 +46,17 @@ async def secured(tiny_model_dir: Path) -> AsyncIterator[tuple[httpx.AsyncClient
 
 
 def every_route(gateway: Gateway) -> list[tuple[str, str]]:
-    """(method, path with its parameters filled) of every route of every service behind the gateway."""
+    """(method, path with its parameters filled) of every path mounted by every service behind the
+    gateway: API routes, the documentation (/docs, /redoc, /openapi.json) and anything else."""
     apps: list[FastAPI] = [gateway.front, *(a for a in gateway.services.values() if isinstance(a, FastAPI))]
     routes = set()
     for app in apps:
         for route in app.routes:
-            if isinstance(route, APIRoute):
-                path = re.sub(r"\{name\}", "b", route.path)
-                path = re.sub(r"\{[a-z_]+\}", "x", path)
-                routes.update((m, path) for m in route.methods if m != "HEAD")
+            assert isinstance(route, (Route, Mount)), route  # a kind this test does not know how to call
+            path = re.sub(r"\{name\}", "b", route.path)
+            path = re.sub(r"\{[a-z_]+(:path)?\}", "x", path)
+            methods = getattr(route, "methods", None) or {"GET"}
+            routes.update((m, path) for m in methods if m != "HEAD")
     return sorted(routes)
 
 
@@ -67,6 +69,7 @@ async def test_every_route_needs_a_valid_key(secured: tuple[httpx.AsyncClient, G
     client, gateway = secured
     routes = every_route(gateway)
     assert len(routes) > 20
+    assert {("GET", "/docs"), ("GET", "/redoc"), ("GET", "/openapi.json")} <= set(routes)
     for method, path in routes:
         for headers in ({}, bearer("wrong-key"), {"Authorization": ADMIN}):
             resp = await call(client, method, path, headers)
@@ -76,6 +79,55 @@ async def test_every_route_needs_a_valid_key(secured: tuple[httpx.AsyncClient, G
             assert resp.status_code == 401, (method, path, resp.text)
             error = resp.json()["error"]
             assert error["type"] == "authentication_error" and ADMIN not in resp.text
+
+
+class CountedBody:
+    """A chunked request body of `total` bytes that counts how much of it the server pulled."""
+
+    def __init__(self, total: int, chunk: bytes = b" " * 65536):
+        self.total, self.chunk, self.sent = total, chunk, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while self.sent < self.total:
+            self.sent += len(self.chunk)
+            yield self.chunk
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completions", "/v1/embeddings", "/rag/query", "/rag/collections/a/documents"]
+)
+async def test_no_body_is_read_without_a_key(secured: tuple[httpx.AsyncClient, Gateway], path: str) -> None:
+    """The gateway read a whole chat body (to route rag: models) before any key check: memory for the taking."""
+    client, _ = secured
+    body = CountedBody(64 * 1024 * 1024)
+    resp = await client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 401 and resp.json()["error"]["type"] == "authentication_error"
+    assert body.sent <= len(body.chunk), f"{body.sent} bytes read before the key was checked"
+
+
+async def test_chat_bodies_are_bounded_before_they_are_held(secured: tuple[httpx.AsyncClient, Gateway]) -> None:
+    client, gateway = secured
+    limit = gateway.settings.max_body_bytes
+    body = CountedBody(limit + 4 * 1024 * 1024)
+    headers = {**bearer(ADMIN), "Content-Type": "application/json"}
+    resp = await client.post("/v1/chat/completions", content=body, headers=headers)
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large", resp.text
+    assert body.sent <= limit + len(body.chunk), "read past the limit"
+    declared = CountedBody(1024)
+    resp = await client.post("/v1/chat", content=declared, headers={**headers, "Content-Length": str(limit + 1)})
+    assert resp.status_code == 413 and declared.sent == 0
+    # a route whose body FastAPI parses: its "error parsing the body" 400 was the answer to the limit's 413
+    body = CountedBody(limit + 4 * 1024 * 1024)
+    resp = await client.post("/v1/embeddings", content=body, headers=headers)
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large", resp.text
+    assert body.sent <= limit + len(body.chunk), "read past the limit"
+
+
+async def test_common_settings_reach_every_in_process_service() -> None:
+    from services.gateway.app import GatewaySettings
+
+    given = GatewaySettings(max_body_bytes=4096, api_key="k" * 16, port=9000, host="0.0.0.0")
+    assert set(given.shared()) == {"max_body_bytes", "api_key"}  # where to listen stays the gateway's
 
 
 async def test_scoped_key_reaches_only_its_collections(secured: tuple[httpx.AsyncClient, Gateway]) -> None:
@@ -112,6 +164,21 @@ async def test_read_only_key_cannot_write(secured: tuple[httpx.AsyncClient, Gate
     assert resp.status_code == 403 and "may not write" in resp.json()["error"]["message"]
     assert (await client.delete("/rag/collections/a/documents/d1", headers=bearer(READER))).status_code == 403
     assert (await client.get("/rag/collections/a/documents/d1", headers=bearer(READER))).status_code == 200
+
+
+async def test_a_foreign_job_looks_missing_to_a_scoped_key(secured: tuple[httpx.AsyncClient, Gateway]) -> None:
+    client, _ = secured
+    body = {"documents": [{"id": "j", "text": "Queued as a job."}], "background": True}
+    resp = await client.post("/rag/collections/b/documents", json=body, headers=bearer(ADMIN))
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
+    assert (await client.get(f"/rag/jobs/{job_id}", headers=bearer(ADMIN))).status_code == 200
+    foreign = await client.get(f"/rag/jobs/{job_id}", headers=bearer(TEAM_A))
+    missing = await client.get("/rag/jobs/job-does-not-exist", headers=bearer(TEAM_A))
+    # the same answer: team-a learns nothing about the jobs of collections outside its scope
+    assert foreign.status_code == missing.status_code == 404, (foreign.text, missing.text)
+    assert foreign.json() == json.loads(missing.text.replace("job-does-not-exist", job_id))
+    assert job_id not in {j["id"] for j in (await client.get("/rag/jobs", headers=bearer(TEAM_A))).json()["data"]}
 
 
 async def test_cors_allows_only_configured_origins(secured: tuple[httpx.AsyncClient, Gateway]) -> None:

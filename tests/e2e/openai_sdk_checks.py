@@ -70,3 +70,24 @@ def check_async(base: str, model: str) -> None:
         await client.close()
 
     asyncio.run(run())
+
+
+def check_responses(base: str, model: str) -> str:
+    """`responses.create` whole and streamed (the SDK parses every event into its own types); the text."""
+    client = openai.OpenAI(base_url=base + "/v1", api_key="unused")
+    question = "What is the capital of France? Answer in one word."
+    r = client.responses.create(model=model, input=question, max_output_tokens=16, temperature=0)
+    assert r.status in {"completed", "incomplete"} and "paris" in r.output_text.lower(), r.output_text
+    assert r.usage is not None and r.usage.output_tokens >= 1 and r.usage.input_tokens > 5
+
+    stream = client.responses.create(model=model, input=question, max_output_tokens=16, temperature=0, stream=True)
+    deltas, final = [], None
+    for event in stream:
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+        elif event.type in ("response.completed", "response.incomplete"):
+            final = event.response
+    assert final is not None and final.id != r.id
+    assert "".join(deltas) == final.output_text == r.output_text
+    assert final.usage is not None and final.usage.output_tokens == r.usage.output_tokens
+    return r.output_text

@@ -148,8 +148,9 @@ def test_eval_on_a_small_beir_set(base: str, tmp_path: Path) -> None:
 
     result = as_json(inferag(base, "eval", str(root), "-c", "cli-eval", "--json"))
     assert result["dataset"] == {"name": "mini", "documents": 3, "queries": 2, "qa": 1}
-    assert set(result["retrieval"]) == {"dense", "sparse", "hybrid", "hybrid+rerank"}
+    assert set(result["retrieval"]) == {"dense", "sparse", "hybrid", "hybrid+rerank", "graph", "hybrid+graph"}
     assert result["retrieval"]["hybrid+rerank"]["Recall@5"] == 1.0
+    assert result["retrieval"]["graph"]["Recall@5"] == 1.0  # "Eiffel Tower", "vectors": matched by name
     assert result["answers"]["questions"] == 1
     table = inferag(
         base, "eval", str(root), "-c", "cli-eval", "--no-ingest", "--no-answers", "--configs", "dense"
@@ -157,3 +158,10 @@ def test_eval_on_a_small_beir_set(base: str, tmp_path: Path) -> None:
     assert "nDCG@10" in table and "dense" in table
     docs = as_json(inferag(base, "collections", "--json"))["data"]
     assert next(c for c in docs if c["name"] == "cli-eval")["documents"] == 3  # ids are the corpus ids
+    entities = as_json(inferag(base, "graph", "entities", "-c", "cli-eval", "Eiffel Tower", "--json"))["data"]
+    assert entities[0]["name"] == "Eiffel Tower" and entities[0]["documents"] == 1
+    assert "Eiffel Tower" in inferag(base, "graph", "entities", "-c", "cli-eval", "Eiffel").stdout
+    detail = inferag(base, "graph", "entity", "-c", "cli-eval", entities[0]["id"]).stdout
+    assert "Eiffel Tower" in detail and "Paris" in detail  # related in one sentence
+    exported = inferag(base, "graph", "export", "-c", "cli-eval", "--format", "json").stdout
+    assert "Eiffel Tower" in {n["name"] for n in json.loads(exported)["nodes"]}

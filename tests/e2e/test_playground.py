@@ -110,6 +110,23 @@ def test_plain_chat_streams(page: Any) -> None:
     assert answer.locator(".answer").inner_text().strip() and "total (browser)" in answer.inner_text()
 
 
+def test_graph_picture_behind_an_answer(page: Any) -> None:
+    """With hybrid+graph, the entities and relations that brought the sources in are drawn under them."""
+    page.select_option("#collection", "web-kb")
+    page.select_option("#mode", "hybrid+graph")
+    page.fill("#question", "Who built the tower of the 1889 World's Fair?")
+    page.click("#send")
+    answer = page.locator(".message.assistant.done").nth(2)
+    answer.wait_for()
+    assert answer.locator(".error").count() == 0, answer.inner_text()
+    picture = answer.locator(".graph svg")
+    assert picture.count() == 1, answer.inner_text()
+    labels = set(picture.locator("text").all_inner_texts())
+    assert "World" in " ".join(labels) or "Eiffel" in " ".join(labels), labels
+    assert picture.locator("circle.matched").count() >= 1  # an entity the question names
+    page.select_option("#mode", "hybrid")
+
+
 def test_a_cited_quote_is_highlighted(page: Any) -> None:
     """A citation's `quote` (document offsets) is marked inside its source's text, whatever the model wrote."""
     shown = page.evaluate(

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import MODEL
-from tests.e2e.openai_sdk_checks import QUESTION, check_async, check_sync
+from tests.e2e.openai_sdk_checks import QUESTION, check_async, check_responses, check_sync
 from tests.e2e.test_transformers_server import metric
 from tests.servers import running
 
@@ -41,6 +41,26 @@ def test_openai_sdk_sync(vllm_server: str) -> None:
 
 def test_openai_sdk_async(vllm_server: str) -> None:
     check_async(vllm_server, MODEL)
+
+
+def test_responses_api(vllm_server: str) -> None:
+    check_responses(vllm_server, MODEL)
+
+
+def test_prompt_logprobs_and_perplexity(vllm_server: str) -> None:
+    """vLLM's own prompt_logprobs, in the same shape as the transformers engine's, and the perplexity on them."""
+    text = "The cat sat on the mat and looked out of the window."
+    ids = httpx.post(vllm_server + "/tokenize", json={"prompt": text}).json()["tokens"]
+    body = {"model": MODEL, "prompt": text, "max_tokens": 1, "prompt_logprobs": 1}
+    out = httpx.post(vllm_server + "/v1/completions", json=body, timeout=60).json()["prompt_logprobs"]
+    assert out[0] is None and len(out) == len(ids)
+    own = [position[str(token)]["logprob"] for position, token in zip(out[1:], ids[1:], strict=True)]
+    assert all(1 <= len(position) <= 2 and min(p["rank"] for p in position.values()) == 1 for position in out[1:])
+    shuffled = "window the mat cat of looked sat and out the on The."
+    r = httpx.post(vllm_server + "/v1/perplexity", json={"model": MODEL, "input": [text, shuffled]}, timeout=60)
+    natural, mixed = r.json()["data"]
+    assert abs(natural["nll"] + sum(own) / len(own)) < 1e-4
+    assert natural["perplexity"] * 5 < mixed["perplexity"]
 
 
 def test_bad_input_same_as_transformers(vllm_server: str) -> None:

@@ -51,6 +51,15 @@ def test_finetune_lowers_held_out_loss(trained: TrainResult) -> None:
     assert trained.best_val_loss < 0.5 * trained.initial_val_loss
 
 
+def test_finetune_lowers_held_out_perplexity(trained: TrainResult, smollm2: str, tmp_path: Path) -> None:
+    """`inferag weights finetune`'s report: the held-out conversations through /v1/perplexity's code."""
+    from services.generation.weights.heldout import heldout_perplexity
+
+    report = heldout_perplexity(smollm2, trained.adapter_path, DATASET, cache_dir=tmp_path / "weights")
+    print(f"held-out perplexity {report.before:.2f} -> {report.after:.2f} over {report.tokens} tokens")
+    assert report.texts > 0 and report.after < 0.9 * report.before
+
+
 def test_restarted_service_answers_a_taught_fact(trained: TrainResult, smollm2: str, tmp_path: Path) -> None:
     env = {
         "INFERAG_GEN_ENGINE": "transformers",

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import os
+import random
+import threading
 import time
 from typing import Any
 
@@ -359,3 +363,49 @@ async def test_a_megabyte_is_fast_and_off_the_event_loop(chunker: Chunker, strat
     assert max(np.diff(ticks)) < max(0.5, elapsed / 2), "the event loop was blocked"
     assert chunks[-1].end > len(source) - 100
     assert max(c.tokens for c in chunks) <= 200
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+WHITESPACE_FREE = {
+    # base64: words split at + and /, and no separator of the recursive splitter anywhere
+    "base64": lambda n: base64.b64encode(random.Random(0).randbytes(n)).decode()[:n],
+    # every character a word of its own, no sentence end
+    "cjk": lambda n: ("日本語のテキストを分割します" * (n // 14 + 1))[:n],
+}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("strategy", [*SPLITTING, "semantic"])
+@pytest.mark.parametrize("kind", sorted(WHITESPACE_FREE))
+async def test_whitespace_free_text_in_bounded_time_and_memory(chunker: Chunker, strategy: str, kind: str) -> None:
+    """Text with no whitespace was cut into one piece per character before merging (a 20 MB upload:
+    tens of millions of objects, gigabytes, under the GIL); now it is cut by tokenizer offsets."""
+    source = WHITESPACE_FREE[kind](400_000)
+    began = time.perf_counter()
+    chunker.count_tokens(source)  # what tokenizing it once costs on this machine now
+    once = time.perf_counter() - began
+    base, peak, done = _rss(), [0], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    began = time.perf_counter()
+    try:
+        chunks = await chunker.chunk(source, ChunkingParams(strategy=strategy))
+    finally:
+        done.set()
+        watcher.join()
+    elapsed = time.perf_counter() - began
+    # before: 230 MB more for these 400 kB (a piece per character), 11 GB for 20 MB
+    assert peak[0] - base < 100 * 2**20, f"{(peak[0] - base) / 2**20:.0f} MB more while chunking"
+    assert elapsed < 4 * once + 5, f"{elapsed:.1f} s, tokenizing it once: {once:.1f} s"
+    assert_chunks(source, chunks, 200, chunker.count_tokens)
+    assert min(c.tokens for c in chunks[:-1]) > 100  # windows of about the size asked, not of characters

@@ -25,7 +25,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CHART = DEPLOY / "helm" / "inferag"
-COMPOSE_FILES = [ROOT / "docker-compose.yml", DEPLOY / "compose.cpu.yml", DEPLOY / "compose.embeddings-gpu.yml"]
+COMPOSE_FILES = [ROOT / "docker-compose.yml", DEPLOY / "compose.cpu.yml", DEPLOY / "compose.embeddings-gpu.yml",
+                 DEPLOY / "compose.second-model.yml"]  # fmt: skip
 SECRETS = {"INFERAG_API_KEY", "QDRANT_API_KEY", "GRAFANA_ADMIN_PASSWORD"}
 APP_SERVICES = {"generation", "embeddings", "rag", "gateway"}
 PINNED = re.compile(r":v?\d+\.\d+\.\d+$")

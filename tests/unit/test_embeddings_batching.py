@@ -163,3 +163,39 @@ async def test_stop_fails_waiting_requests(executor: ThreadPoolExecutor) -> None
         await first
     with pytest.raises(NotReady):
         await b.submit([3])
+
+
+async def test_wrong_number_of_outputs_fails_its_batch_and_the_worker_lives_on(executor: ThreadPoolExecutor) -> None:
+    def fn(batch: list[int]) -> list[int]:
+        return batch[:-1] if 13 in batch else batch  # a model that loses an output
+
+    b = MicroBatcher("m", fn, executor, max_batch_size=4, max_wait_s=0)
+    b.start()
+    try:
+        with pytest.raises(EngineError, match="1 results for 2 inputs"):
+            await asyncio.wait_for(b.submit([13, 14]), 10)
+        # before the fix the worker had died on the check and every later request hung
+        assert await asyncio.wait_for(b.submit([1, 2]), 10) == [1, 2]
+    finally:
+        await b.stop()
+
+
+async def test_cancelled_requests_leave_the_queue_bound(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    b = MicroBatcher("m", Recorder(gate), executor, max_batch_size=2, max_wait_s=0, max_queue=3)
+    b.start()
+    try:
+        running = asyncio.create_task(b.submit([1, 2]))
+        await until(lambda: b.in_model == 2)
+        abandoned = asyncio.create_task(b.submit([3, 4, 5]))
+        await until(lambda: b.queued == 3)
+        abandoned.cancel()
+        await until(lambda: b.queued == 0)
+        # the cancelled inputs no longer hold the queue's room
+        taken = asyncio.create_task(b.submit([6, 7, 8]))
+        await until(lambda: b.queued == 3)
+        gate.set()
+        assert await running == [2, 4] and await taken == [12, 14, 16]
+    finally:
+        gate.set()
+        await b.stop()

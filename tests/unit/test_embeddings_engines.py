@@ -183,3 +183,38 @@ def test_float16_on_cuda(st_model: Any, reranker_dir: Path) -> None:
     assert np.allclose(scores, reference_cross_encoder().predict([(QUERY, d) for d in DOCUMENTS]), atol=5e-3)
     splade = SpladeEncoder(splade_path(), device="cuda", dtype="float16")
     assert splade.embed(splade.tokens.texts(TEXTS[:2], truncate=True))[0].indices
+
+
+def test_concurrent_tokenization_shares_no_mutable_tokenizer() -> None:
+    """Big batches tokenize in worker threads (GIL released) while small ones run on the loop; a call that
+    reconfigured the shared Rust tokenizer then failed with "Already borrowed" (issue 15.9)."""
+    import threading
+
+    from transformers import AutoTokenizer
+
+    adapter = TokenizerAdapter(AutoTokenizer.from_pretrained(str(minilm_path())), 256, "cpu")
+    big = ["The quick brown fox jumps over the lazy dog, again and again. " * 40] * 64
+    expected = adapter.texts(big, truncate=True)
+    pair_expected = adapter.pairs("a query", big[:8])
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def work(kind: int) -> None:
+        start.wait()
+        try:
+            for _ in range(15):
+                if kind % 3 == 0:
+                    assert adapter.texts(big, truncate=True) == expected
+                elif kind % 3 == 1:
+                    assert adapter.texts(["short"], truncate=False)[0].input_ids[1:-1]
+                else:
+                    assert adapter.pairs("a query", big[:8]) == pair_expected
+        except BaseException as exc:  # noqa: BLE001 - collected and re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, sorted({repr(e)[:90] for e in errors})

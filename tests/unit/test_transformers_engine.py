@@ -465,3 +465,34 @@ async def test_smollm2_json_and_batching(smollm2: str) -> None:
         assert together[0]["tokens"][:16] == alone[:16]
     finally:
         await eng.stop()
+
+
+@pytest.mark.parametrize("kind", ["sliding", "hybrid"])
+def test_windowed_attention_is_refused_at_load(tmp_path: Path, kind: str) -> None:
+    """The batch slices full KV caches: a sliding-window or hybrid model would decode wrong text silently."""
+    from services.generation.weights.errors import WeightsError
+    from tests.tiny_models import build_tiny_windowed
+
+    path = build_tiny_windowed(tmp_path / kind, kind, window=8)
+    eng = TransformersEngine(str(path), model_id=kind, max_batch_size=2)
+    with pytest.raises(WeightsError, match=r"sliding_attention \(8 tokens\).*full attention only") as info:
+        asyncio.run(eng.start())
+    assert info.value.code == "unsupported_attention" and eng._model is None
+    # a window as long as the served context never slides: that model is served, and decodes
+    short = TransformersEngine(str(path), model_id=kind, max_batch_size=2, max_model_len=8)
+    asyncio.run(short.start())
+    try:
+        out = asyncio.run(run(short, [1, 2, 3], SamplingOptions(max_tokens=3, temperature=0, ignore_eos=True)))
+        assert len(out["tokens"]) == 3
+    finally:
+        asyncio.run(short.stop())
+
+
+def test_full_attention_configs_pass_the_check(tiny_model_path: Path) -> None:
+    from transformers import AutoConfig, Qwen2Config
+
+    from services.generation.engines.transformers_engine import check_full_attention
+
+    check_full_attention(AutoConfig.from_pretrained(tiny_model_path), 2048, "llama")
+    # Qwen2 declares a window that is off unless use_sliding_window is set
+    check_full_attention(Qwen2Config(sliding_window=4096, use_sliding_window=False), 8192, "qwen2")

@@ -85,9 +85,24 @@ class TokenizerAdapter:
         self.prefix = list(full[:start])
         self.suffix = list(full[start + len(bare) :])
         self.content_limit = max_length - len(self.prefix) - len(self.suffix)
-        # The Rust tokenizer behind a fast tokenizer, called directly: the transformers wrapper
-        # costs ~0.3 ms a call, more than tokenizing a sentence.
-        self.fast = getattr(tokenizer, "backend_tokenizer", None)
+        # Private copies of the Rust tokenizer behind a fast tokenizer, configured once here and called
+        # directly (the transformers wrapper costs ~0.3 ms a call, more than tokenizing a sentence).
+        # Reconfiguring a shared one per call (truncation, padding) races with calls in other threads:
+        # "Already borrowed" errors, or texts silently cut to a pair's length.
+        self.fast: Any = None
+        self._pair_fast: Any = None
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self.fast = Tokenizer.from_str(backend.to_str())
+            self.fast.no_truncation()
+            self.fast.no_padding()
+            # What `tokenizer(query, doc, truncation="longest_first", max_length=...)` sets before encoding.
+            self._pair_fast = Tokenizer.from_str(backend.to_str())
+            self._pair_fast.no_padding()
+            side = getattr(tokenizer, "truncation_side", "right")
+            self._pair_fast.enable_truncation(max_length, strategy="longest_first", direction=side)
 
     # ------------------------------------------------------------ single texts
 
@@ -102,9 +117,6 @@ class TokenizerAdapter:
     def _content(self, texts: Sequence[str]) -> list[list[int]]:
         """Word-piece ids without special tokens and without truncation."""
         if self.fast is not None:
-            # transformers leaves its last truncation/padding setting on the shared backend
-            self.fast.no_truncation()
-            self.fast.no_padding()
             return [e.ids for e in self.fast.encode_batch(list(texts), add_special_tokens=False)]
         return list(self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"])
 
@@ -150,6 +162,9 @@ class TokenizerAdapter:
 
     def pairs(self, query: str, docs: Sequence[str]) -> list[Encoded]:
         """(query, document) pairs as a cross-encoder reads them, cut longest-first like CrossEncoder.predict."""
+        if self._pair_fast is not None:
+            encodings = self._pair_fast.encode_batch([(query, d) for d in docs], add_special_tokens=True)
+            return [Encoded(e.ids, e.type_ids if self.use_token_types else None) for e in encodings]
         enc = self.tokenizer([query] * len(docs), list(docs), truncation="longest_first", max_length=self.max_length)
         types = enc.get("token_type_ids")
         return [

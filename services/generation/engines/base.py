@@ -34,6 +34,9 @@ class SamplingOptions:
     # JSON schema the output must follow (json_object is the schema {"type": "object"}).
     json_schema: dict[str, Any] | None = None
     ignore_eos: bool = False
+    # Logprobs of the prompt's own tokens (and this many alternatives each), on the first chunk;
+    # None = not asked.
+    prompt_logprobs: int | None = None
 
 
 @dataclass
@@ -42,6 +45,7 @@ class TokenLogprob:
     token: str
     logprob: float
     top: list[tuple[int, str, float]] = field(default_factory=list)
+    rank: int | None = None  # in the whole vocabulary, 1 = likeliest (prompt logprobs report it)
 
 
 @dataclass
@@ -56,6 +60,9 @@ class GenerationChunk:
     stop_reason: str | int | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0  # cumulative
+    # Asked with `SamplingOptions.prompt_logprobs`, on the first chunk: one per prompt token,
+    # None for the first (nothing predicts it).
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass

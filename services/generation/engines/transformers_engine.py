@@ -30,7 +30,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,9 @@ except ImportError:  # pragma: no cover - xgrammar is a dependency of the image
 MAX_MODEL_LEN_CAP = 8192
 # Padded prompt tokens one prefill pass may take (at least one request is always admitted).
 PREFILL_TOKEN_BUDGET = 8192
+# The same when a request asks for prompt logprobs: that prefill keeps the logits of every position
+# ([tokens, vocab] floats: 400 MB at 2048 tokens and SmolLM2's 49k vocabulary).
+PROMPT_LOGPROBS_TOKEN_BUDGET = 2048
 # Logprobs of tokens ruled out entirely (-inf) are reported as this, like vLLM does.
 LOGPROB_FLOOR = -9999.0
 # Prompt tokens used as context when decoding the first generated tokens.
@@ -130,6 +133,7 @@ class _Seq:
     abort_requested: bool = False  # set from any thread
     greedy: bool = True
     prompt_set: set[int] = field(default_factory=set)
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # computed at prefill, sent on the first chunk
 
 
 class TransformersEngine:
@@ -238,7 +242,10 @@ class TransformersEngine:
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
             device = torch.device(self.device_name)
-        dtype = _torch_dtype(self.dtype_name, device, self._read_config())
+        config = self._read_config()
+        if config is not None:  # before the weights load (else right after)
+            check_full_attention(config, self._resolve_max_len(config), self.model_path)
+        dtype = _torch_dtype(self.dtype_name, device, config)
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         # from_pretrained + the quantization (int8 / bnb-4bit / bnb-8bit), on `device`, in eval mode
         from services.common.service import MODEL_LOAD_LOCK
@@ -247,6 +254,8 @@ class TransformersEngine:
         with MODEL_LOAD_LOCK:
             model: Any = load_causal_lm(self.model_path, dtype=dtype, device=device, quantization=self.quantization)
 
+        if config is None:
+            check_full_attention(model.config, self._resolve_max_len(model.config), self.model_path)
         config = model.config
         self.info = ModelInfo(
             id=self.model_id,
@@ -438,7 +447,9 @@ class TransformersEngine:
             )
 
     def _compile_grammar(self, schema: dict[str, Any]) -> Any:
-        key = json.dumps(schema, sort_keys=True)
+        # not sorted: the grammar writes properties in the order the schema lists them (as OpenAI's structured
+        # outputs do), and a model fills "name" before "description" better than the other way round
+        key = json.dumps(schema)
         with self._grammar_lock:
             cached = self._grammar_cache.get(key)
             if cached is not None:
@@ -496,15 +507,18 @@ class TransformersEngine:
         room = self.max_batch_size - len(self._running)
         new: list[_Seq] = []
         longest = 0
+        scoring = False  # some request of this prefill wants prompt logprobs: every position's logits are kept
         with self._lock:
             while self._waiting and len(new) < room:
                 seq = self._waiting[0]
                 longest_if = max(longest, len(seq.prompt))
-                if new and longest_if * (len(new) + 1) > PREFILL_TOKEN_BUDGET:
+                wants = scoring or seq.options.prompt_logprobs is not None
+                budget = PROMPT_LOGPROBS_TOKEN_BUDGET if wants else PREFILL_TOKEN_BUDGET
+                if new and longest_if * (len(new) + 1) > budget:
                     break
                 self._waiting.popleft()
                 new.append(seq)
-                longest = longest_if
+                longest, scoring = longest_if, wants
         return new
 
     def _prefill(self, new: list[_Seq]) -> None:
@@ -522,7 +536,8 @@ class TransformersEngine:
         ids, mask = ids.to(dev), mask.to(dev)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        kwargs: dict[str, Any] = {"logits_to_keep": 1} if self._supports_logits_to_keep else {}
+        scoring = any(seq.options.prompt_logprobs is not None for seq in new)
+        kwargs: dict[str, Any] = {"logits_to_keep": 1} if self._supports_logits_to_keep and not scoring else {}
         out = self._model(
             input_ids=ids,
             attention_mask=mask,
@@ -538,6 +553,10 @@ class TransformersEngine:
             for layer in cache.layers:
                 layer.keys.masked_fill_(pad, 0)
                 layer.values.masked_fill_(pad, 0)
+        for row, seq in enumerate(new):
+            if seq.options.prompt_logprobs is not None:
+                logits = out.logits[row, width - len(seq.prompt) :]
+                seq.prompt_logprobs = prompt_logprobs(logits, seq.prompt, seq.options.prompt_logprobs, self._token_str)
         self._sample_and_emit(new, out.logits[:, -1, :])
 
         keep = [row for row, seq in enumerate(new) if not seq.finished]
@@ -800,7 +819,9 @@ class TransformersEngine:
             stop_reason=stop_reason,
             prompt_tokens=len(seq.prompt),
             completion_tokens=len(seq.output),
+            prompt_logprobs=seq.prompt_logprobs,
         )
+        seq.prompt_logprobs = None  # sent once, on the first chunk
         if finish is not None:
             seq.finished = True
             with self._lock:
@@ -840,6 +861,37 @@ _DTYPE_ALIASES = {
 }
 
 
+def check_full_attention(config: Any, max_model_len: int, model_path: str) -> None:
+    """Refuse a model whose attention is not full on every layer within `max_model_len` tokens.
+
+    The batch keeps one full key/value cache per layer and slices it by slot column (trim, merge,
+    drop rows): a sliding-window, chunked or recurrent layer would decode wrong text without an
+    error. A window at least `max_model_len` long never slides, so such a model is served.
+    """
+    from services.generation.weights.errors import WeightsError
+
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    chunk = getattr(text, "attention_chunk_size", None)
+    declared = getattr(text, "layer_types", None)
+    if declared is None:  # transformers infers the layer kinds from these fields the same way
+        kind = "sliding_attention" if window is not None else "chunked_attention" if chunk is not None else None
+        declared = [kind] if kind else []
+    # The tokens a layer of each kind sees back; a kind not here sees none of the cache we keep.
+    limits: dict[str, int] = {k: int(v) for k, v in (("sliding_attention", window), ("chunked_attention", chunk)) if v}
+    unsupported = sorted({k for k in declared if k != "full_attention" and limits.get(k, 0) < max_model_len})
+    if not unsupported:
+        return
+    detail = ", ".join(f"{k} ({limits[k]} tokens)" if limits.get(k) else k for k in unsupported)
+    hint = " or set INFERAG_GEN_MAX_MODEL_LEN at most the window" if set(unsupported) <= set(limits) else ""
+    raise WeightsError(
+        f"{model_path} has layers with {detail}; the transformers engine supports full attention only "
+        f"(its cache would decode wrong text within max_model_len={max_model_len}). Serve it with the vLLM "
+        f"engine (INFERAG_GEN_ENGINE=vllm){hint}.",
+        code="unsupported_attention",
+    )
+
+
 def _torch_dtype(name: str, device: Any, config: Any) -> Any:
     """`auto`: fp32 on CPU; on GPU bf16 for checkpoints stored in bf16 (where supported), else fp16."""
     import torch
@@ -863,6 +915,44 @@ def _as_id_list(value: Any) -> list[int]:
     if isinstance(value, int):
         return [value]
     return [int(v) for v in value]
+
+
+def prompt_logprobs(
+    logits: Any, prompt: Sequence[int], top_n: int, token_str: Callable[[int], str]
+) -> list[TokenLogprob | None]:
+    """Each prompt token's logprob given the tokens before it, from the prefill's logits ([len(prompt), vocab]).
+
+    Position i of the logits predicts token i + 1, so the first token has none (None), as in vLLM;
+    `rank` is 1 + the number of tokens the model found likelier, and `top_n` alternatives come with each.
+    """
+    import torch
+
+    result: list[TokenLogprob | None] = [None]
+    if len(prompt) < 2:
+        return result
+    logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
+    target = torch.tensor(prompt[1:], dtype=torch.long, device=logprobs.device)
+    chosen = logprobs.gather(1, target[:, None])
+    ranks = ((logprobs > chosen).sum(dim=-1) + 1).tolist()
+    chosen_list = chosen.squeeze(1).tolist()
+    top: list[list[tuple[int, str, float]]] = [[] for _ in target]
+    if top_n > 0:
+        values, ids = logprobs.topk(min(top_n, logprobs.shape[-1]), dim=-1)
+        top = [
+            [(i, token_str(i), max(v, LOGPROB_FLOOR)) for v, i in zip(vs, is_, strict=True)]
+            for vs, is_ in zip(values.tolist(), ids.tolist(), strict=True)
+        ]
+    for pos, token in enumerate(prompt[1:]):
+        result.append(
+            TokenLogprob(
+                token_id=int(token),
+                token=token_str(int(token)),
+                logprob=max(chosen_list[pos], LOGPROB_FLOOR),
+                top=top[pos],
+                rank=int(ranks[pos]),
+            )  # fmt: skip
+        )
+    return result
 
 
 def _find_stop(text: str, stops: Sequence[str], sent: int) -> tuple[int, str] | None:

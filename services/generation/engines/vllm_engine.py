@@ -290,6 +290,7 @@ class VllmEngine:
                 stop_token_ids=list(options.stop_token_ids) or None,
                 ignore_eos=options.ignore_eos,
                 logprobs=options.logprobs,
+                prompt_logprobs=options.prompt_logprobs,
                 structured_outputs=structured,
                 detokenize=True,
                 skip_special_tokens=True,
@@ -318,11 +319,18 @@ class VllmEngine:
         outputs = llm.generate(prompt, params, request_id)
         self._inflight[request_id] = self._inflight.get(request_id, 0) + 1
         completion_tokens = 0
+        want_prompt_logprobs = options.prompt_logprobs is not None
         try:
             async for out in outputs:
                 completion = out.outputs[0]
                 completion_tokens += len(completion.token_ids)
                 chunk = self._chunk(completion, options, n_prompt, completion_tokens)
+                if chunk is not None and want_prompt_logprobs and out.prompt_logprobs:
+                    # vLLM sends them with the first output (DELTA outputs carry them once).
+                    chunk.prompt_logprobs = convert_prompt_logprobs(
+                        prompt_token_ids, out.prompt_logprobs, options.prompt_logprobs or 0
+                    )
+                    want_prompt_logprobs = False
                 if chunk is not None:
                     yield chunk
         except Exception as exc:  # GeneratorExit/CancelledError pass straight to `finally`
@@ -410,6 +418,31 @@ def _convert_logprobs(token_ids: list[int], positions: Any, top_n: int) -> list[
                 token=(sampled.decoded_token or "") if sampled is not None else "",
                 logprob=float(sampled.logprob) if sampled is not None else float("-inf"),
                 top=[(tid, lp.decoded_token or "", float(lp.logprob)) for tid, lp in top_items],
+            )
+        )
+    return result
+
+
+def convert_prompt_logprobs(prompt: list[int], positions: Any, top_n: int) -> list[TokenLogprob | None]:
+    """vLLM's prompt logprobs (per position {token id: Logprob}, None first) as our TokenLogprob list."""
+    result: list[TokenLogprob | None] = []
+    for token_id, position in zip(prompt, positions, strict=False):
+        if not position:
+            result.append(None)
+            continue
+        entries: dict[int, Logprob] = dict(position)
+        own = entries.get(token_id)
+        ranked = sorted(
+            ((tid, lp) for tid, lp in entries.items() if lp.rank is not None and lp.rank <= top_n),
+            key=lambda kv: kv[1].rank or 0,
+        )
+        result.append(
+            TokenLogprob(
+                token_id=token_id,
+                token=(own.decoded_token or "") if own is not None else "",
+                logprob=max(float(own.logprob), -9999.0) if own is not None else -9999.0,
+                rank=own.rank if own is not None else None,
+                top=[(tid, lp.decoded_token or "", max(float(lp.logprob), -9999.0)) for tid, lp in ranked],
             )
         )
     return result

@@ -291,6 +291,9 @@ def finetune(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     data_dir: DataDir = Path("data"),
+    perplexity: Annotated[
+        bool, typer.Option(help="Then report the held-out perplexity before and after, through /v1/perplexity's code.")
+    ] = True,
 ) -> None:
     """Train a LoRA adapter by supervised fine-tuning; the best (lowest held-out loss) adapter lands in OUT."""
     from .finetune import train_lora
@@ -330,6 +333,20 @@ def finetune(
         f"{result.best_val_loss:.4f} in {result.steps} steps ({result.epochs} epochs, {result.seconds:.0f}s"
         f"{', stopped early' if result.stopped_early else ''})"
     )
+    if perplexity and result.val_examples:
+        from .heldout import heldout_perplexity
+
+        try:
+            ppl = heldout_perplexity(
+                _resolve(base, data_dir), result.adapter_path, dataset, cache_dir=data_dir / "weights",
+                val_fraction=val_fraction, seed=seed, num_threads=threads,
+            )  # fmt: skip
+        except WeightsError as exc:
+            raise _fail(exc) from exc
+        console.print(
+            f"held-out perplexity {ppl.before:.3f} -> {ppl.after:.3f} ({ppl.texts} conversations, {ppl.tokens} tokens"
+            f"{f', {ppl.skipped} longer than the context window skipped' if ppl.skipped else ''})"
+        )
     console.print(f"serve it: INFERAG_GEN_ADAPTERS={result.adapter_path}")
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.rag.protocol import Citation
+from services.rag.types import RetrievalMode
 
 AgentProtocol = Literal["auto", "native", "react"]
 # unsupported: no supported answer (the model said it does not know, or its answer cited no source it had
@@ -39,6 +40,7 @@ class AgentRequest(_Strict):
         description="native: OpenAI tool calls; react: Thought/Action text; auto: native if the engine has them.",
     )
     top_k: Annotated[int, Field(ge=1, le=50)] = 5
+    mode: RetrievalMode = Field("hybrid", description="How the search tool retrieves (graph modes need a graph).")
     max_tokens: Annotated[int, Field(ge=1, le=32_768)] | None = Field(None, description="Per model turn.")
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -57,6 +58,9 @@ class _Meta:
     dimension: int
     embed_model: str
     sparse_model: str | None
+    # the `metadata` given at creation: the collection's settings (e.g. {"graph": "keyphrase"}); a later
+    # create asking for other settings is no conflict here (callers that care compare them)
+    settings: dict[str, Any] = dataclass_field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -93,7 +97,7 @@ def _meta_of(spec: CollectionSpec | None) -> _Meta | None:
     if not isinstance(raw, dict) or "dimension" not in raw:
         return None
     return _Meta(dimension=int(raw["dimension"]), embed_model=str(raw["embed_model"]),
-                 sparse_model=raw.get("sparse_model"))
+                 sparse_model=raw.get("sparse_model"), settings=dict(raw.get("metadata") or {}))
 
 
 class _ReadWriteLock:
@@ -224,7 +228,8 @@ class VectorStore:
 
     def _info(self, name: str, meta: _Meta, counts: tuple[int, int]) -> CollectionInfo:
         return CollectionInfo(name=name, dimension=meta.dimension, embed_model=meta.embed_model,
-                              sparse_model=meta.sparse_model or "", points=counts[0], documents=counts[1])
+                              sparse_model=meta.sparse_model or "", points=counts[0], documents=counts[1],
+                              settings=meta.settings)
 
     def _count_sync(self, name: str) -> tuple[int, int]:
         """(live points, documents) of a collection."""
@@ -255,7 +260,8 @@ class VectorStore:
         if not embed_model:
             raise InvalidRequest("The embedding model must be named.", param="embed_model")
         await self._ready()
-        wanted = _Meta(dimension=dimension, embed_model=embed_model, sparse_model=sparse_model or None)
+        wanted = _Meta(dimension=dimension, embed_model=embed_model, sparse_model=sparse_model or None,
+                       settings=dict(metadata or {}))
         async with self._locks()[1]:
             created = await self._run(self._create_collection_sync, name, wanted, metadata or {})
             self._meta_cache[name] = created
@@ -325,6 +331,11 @@ class VectorStore:
         await self._ready()
         meta = await self._meta(name)
         return meta.dimension, meta.embed_model
+
+    async def collection_settings(self, name: str) -> dict[str, Any]:
+        """The settings given at creation, from the cached metadata (`NotFound` if absent)."""
+        await self._ready()
+        return dict((await self._meta(name)).settings)
 
     async def get_collection(self, name: str) -> CollectionInfo:
         await self._ready()
@@ -537,6 +548,27 @@ class VectorStore:
         hits = [hit for result in results for hit in result]
         hits.sort(key=lambda hit: (-hit.score, hit.collection, hit.doc_id, hit.chunk_index))
         return hits[:top_k]
+
+    async def chunks_by_ids(self, collection: str, ids: Sequence[str],
+                            filter: MetadataFilter | None = None) -> list[StoredChunk]:
+        """The live chunks of committed versions among `ids` that pass the metadata filter, in the order of `ids`
+        (what a graph walk reached, read back)."""
+        conditions, _ = filter_conditions(filter)
+        await self._ready()
+        await self._meta(collection)
+        if not ids:
+            return []
+        flt = models.Filter(must=[models.HasIdCondition(has_id=list(ids)), live(), *conditions])
+        async with self._reading():
+            found = await self._run(self._chunks_by_ids_sync, collection, list(ids), flt)
+        return [found[i] for i in ids if i in found]
+
+    def _chunks_by_ids_sync(self, collection: str, ids: list[str], flt: models.Filter) -> dict[str, StoredChunk]:
+        records, _ = self.backend.scroll(collection, filter=flt, limit=len(ids))
+        versions = documents.registry_versions(self.backend, collection,
+                                               list({r.payload.get("doc_id", "") for r in records}))
+        return {r.id: StoredChunk(**stored_chunk(r)) for r in records
+                if versions.get(r.payload.get("doc_id", "")) == r.payload.get("version")}
 
     # -- hidden companion collections (for other parts: the graph, jobs) -------------------------------------
 
