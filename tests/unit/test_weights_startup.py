@@ -112,9 +112,9 @@ def test_packaged_model_gets_the_grounded_adapter_unless_told_otherwise(adapter:
 def test_default_adapter_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     from pydantic import ValidationError
 
+    assert GenerationSettings().default_adapter == "none"  # off by default (README: it breaks the agent's protocol)
+    monkeypatch.setenv("INFERAG_GEN_DEFAULT_ADAPTER", "Grounded-SmolLM2")
     assert GenerationSettings().default_adapter == "grounded-smollm2"
-    monkeypatch.setenv("INFERAG_GEN_DEFAULT_ADAPTER", "None")
-    assert GenerationSettings().default_adapter == "none"
     with pytest.raises(ValidationError, match="unknown packaged adapter 'nope'"):
         GenerationSettings(default_adapter="nope")
 

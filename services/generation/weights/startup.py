@@ -10,9 +10,9 @@
 The quantization is checked *before* the merge, so a combination the engine can't run
 fails in a second, not after minutes of merging.
 
-The packaged default model gets the packaged grounded-answering adapter unless the user
-names adapters (`INFERAG_GEN_ADAPTERS`, where `grounded-smollm2` may be listed to keep
-it) or turns it off (`INFERAG_GEN_DEFAULT_ADAPTER=none`).
+The packaged default model gets the packaged grounded-answering adapter when
+`INFERAG_GEN_DEFAULT_ADAPTER=grounded-smollm2` (off by default) and the user names no adapters
+(`INFERAG_GEN_ADAPTERS`, where `grounded-smollm2` may be listed too).
 """
 
 from __future__ import annotations
