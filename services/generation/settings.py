@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import CommonSettings
 
-from .models import PACKAGED_DEFAULT
+from .models import DEFAULT_ADAPTER, NO_ADAPTER, PACKAGED_ADAPTERS, PACKAGED_DEFAULT
 from .reasoning import ReasoningParser
 
 
@@ -41,7 +41,14 @@ class GenerationSettings(CommonSettings):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM on GPU: share of GPU memory to use.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs one model is split across.")
     adapters: str | None = Field(
-        None, description="LoRA adapters (peft folders) merged at startup: comma list of PATH[:WEIGHT]."
+        None,
+        description="LoRA adapters (peft folders) merged at startup: comma list of PATH[:WEIGHT]; a packaged "
+        "adapter's name (grounded-smollm2) stands for its folder.",
+    )
+    default_adapter: str = Field(
+        DEFAULT_ADAPTER,
+        description="Packaged adapter merged into the packaged default model when `adapters` is unset "
+        "(grounded-smollm2: answers from numbered sources with [n] citations); `none` (default): the plain model.",
     )
     quantization: str | None = Field(
         None,
@@ -62,3 +69,12 @@ class GenerationSettings(CommonSettings):
     responses_store_mib: float = Field(
         64, gt=0, description="Most memory (MiB of JSON) the stored responses may take; oldest dropped first."
     )
+
+    @field_validator("default_adapter")
+    @classmethod
+    def _known_adapter(cls, value: str) -> str:
+        name = value.strip().lower()
+        if name != NO_ADAPTER and name not in PACKAGED_ADAPTERS:
+            known = ", ".join([*PACKAGED_ADAPTERS, NO_ADAPTER])
+            raise ValueError(f"unknown packaged adapter {value!r}; one of: {known}")
+        return name

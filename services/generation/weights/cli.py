@@ -279,6 +279,14 @@ def finetune(
     val_fraction: Annotated[float, typer.Option(help="Held-out share when the dataset has no split fields.")] = 0.15,
     patience: Annotated[int, typer.Option(help="Evaluations without improvement before stopping.")] = 2,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    warmup_steps: Annotated[int, typer.Option(help="Steps of linear learning-rate warmup.")] = 0,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Steps between held-out evaluations; default: each epoch.")
+    ] = None,
+    max_length: Annotated[int, typer.Option(help="Tokens kept of each example (longer ones are cut).")] = 1024,
+    init_adapter: Annotated[
+        Path | None, typer.Option(help="Continue training this adapter (its rank, alpha and modules).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and LoRA init.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
@@ -309,6 +317,10 @@ def finetune(
             val_fraction=val_fraction,
             patience=patience,
             max_steps=max_steps,
+            warmup_steps=warmup_steps,
+            eval_every=eval_every,
+            max_length=max_length,
+            init_adapter=init_adapter,
             seed=seed,
             device=device,
             num_threads=threads,

@@ -4,13 +4,18 @@ Dataset: one JSON object per line, `{"messages": [{"role": ..., "content": ...},
 optionally with `"split": "train" | "validation"`; without split fields a seeded
 random `val_fraction` of the lines is held out. Each conversation is rendered with the
 tokenizer's chat template, and the loss covers only the assistant turns (everything
-else is labelled -100), end-of-turn token included, so the model learns to stop.
+else is labelled -100), end-of-turn token included, so the model learns to stop. An
+assistant turn marked `"train": false` is context only (e.g. an agent's own first step,
+which the model never writes): it is rendered but not learned.
 
 Training: AdamW on the LoRA parameters only, gradient-norm clipping, a linear warmup
-then constant learning rate, the held-out loss measured before training and after
-every epoch (or every `eval_every` steps), early stopping after `patience`
-evaluations without improvement, and the best adapter (lowest held-out loss) is the
-one written to `out_dir`. Seeded, so two runs on the same host give the same adapter.
+then constant learning rate, batches of similar lengths (little padding), logits computed
+only where a label is (the LM head is a fifth of a small model's compute), the held-out
+loss measured before training and after every epoch (or every `eval_every` steps), early
+stopping after `patience` evaluations without improvement, and the best adapter (lowest
+held-out loss) is the one written to `out_dir` (also after each evaluation that improves on
+the best, so a long run can be stopped at any time). Seeded, so two runs on the same host
+give the same adapter.
 
 The output folder is a standard peft adapter (`adapter_config.json` +
 `adapter_model.safetensors`) plus `train_result.json`; point `INFERAG_GEN_ADAPTERS`
@@ -111,7 +116,7 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, Any]], max_length: int 
     ids: list[int] = []
     labels: list[int] = []
     for i, message in enumerate(messages):
-        if message.get("role") != "assistant":
+        if message.get("role") != "assistant" or message.get("train", True) is False:
             continue
         prompt = _ids(tokenizer, messages[:i], generation_prompt=True)
         full = _ids(tokenizer, messages[: i + 1], generation_prompt=False)
@@ -120,6 +125,20 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, Any]], max_length: int 
         labels += [IGNORE_INDEX] * (len(prompt) - len(ids)) + full[len(prompt) :]
         ids = full
     return Example(ids[:max_length], labels[:max_length])
+
+
+def length_grouped(lengths: Sequence[int], batch_size: int, rng: random.Random, window: int = 16) -> list[int]:
+    """A shuffled order in which each run of `batch_size` has similar lengths: shuffle, sort each window of
+    `window` batches by length, then shuffle the batches (less padding, still random)."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = batch_size * window
+    grouped = [
+        i for start in range(0, len(order), span) for i in sorted(order[start : start + span], key=lengths.__getitem__)
+    ]
+    batches = [grouped[start : start + batch_size] for start in range(0, len(grouped), batch_size)]
+    rng.shuffle(batches)
+    return [i for batch in batches for i in batch]
 
 
 def _batches(examples: Sequence[Example], batch_size: int, pad_id: int, order: Sequence[int]) -> list[Any]:
@@ -142,12 +161,17 @@ def _batches(examples: Sequence[Example], batch_size: int, pad_id: int, order: S
 
 
 def _loss_sum(model: Any, batch: Any, device: Any) -> tuple[Any, int]:
-    """Summed next-token cross-entropy over the labelled tokens, and their count."""
+    """Summed next-token cross-entropy over the labelled tokens, and their count.
+
+    Logits are computed only at the positions that predict a label in some row of the batch
+    (`logits_to_keep`): the loss is the same, without the LM head's work on the prompt.
+    """
     import torch.nn.functional as F
 
     ids, labels, mask = (t.to(device) for t in batch)
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-    target = labels[:, 1:]
+    keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
+    target = labels[:, 1:][:, keep]
     loss = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
@@ -201,8 +225,13 @@ def train_lora(
     dtype: str = "auto",
     num_threads: int | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    init_adapter: str | Path | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter on `dataset_jsonl` and write the best one (lowest held-out loss) to `out_dir`."""
+    """Train a LoRA adapter on `dataset_jsonl` and write the best one (lowest held-out loss) to `out_dir`.
+
+    `init_adapter`: continue from that adapter (its r, alpha and target modules; `r`, `alpha`, `dropout` and
+    `target_modules` are then ignored), e.g. to train a long run in rounds on a busy machine.
+    """
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -258,15 +287,21 @@ def train_lora(
     model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=tdtype)
     model = model.to(dev)
     model.config.use_cache = False
-    lora = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=list(target_modules),
-        task_type="CAUSAL_LM",
-        bias="none",
-    )
-    model = get_peft_model(model, lora)
+    if init_adapter is not None:  # continue training an adapter: its rank, alpha and modules, its weights
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+        config["init_adapter"] = str(init_adapter)
+    else:
+        lora = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=list(target_modules),
+            task_type="CAUSAL_LM",
+            bias="none",
+        )
+        model = get_peft_model(model, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -288,12 +323,14 @@ def train_lora(
     stopped_early = False
     emit({"step": 0, "val_loss": initial, "train_examples": len(train_ex), "val_examples": len(val_ex)})
 
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     shuffler = random.Random(seed)
     step = 0
     model.train()
+    lengths = [len(e.input_ids) for e in train_ex]
     while step < total_steps and not stopped_early:
-        order = list(range(len(train_ex)))
-        shuffler.shuffle(order)
+        order = length_grouped(lengths, batch_size, shuffler)
         for batch in _batches(train_ex, batch_size, int(pad_id or 0), order):
             if step >= total_steps:
                 break
@@ -318,6 +355,7 @@ def train_lora(
                 if val < best - min_delta:
                     best, bad_evals = val, 0
                     best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+                    model.save_pretrained(str(out))  # the best so far: a long run can be stopped at any time
                 else:
                     bad_evals += 1
                     if bad_evals >= patience:
@@ -331,8 +369,6 @@ def train_lora(
         best = float("nan")
 
     set_peft_model_state_dict(model, best_state)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     result = TrainResult(
         train_losses=train_losses,
