@@ -105,7 +105,7 @@ def query_for(req: ResponsesRequest, messages: list[dict[str, Any]], targets: li
     response_model=ResponsesResponse,
     responses={
         200: sse_response_doc("The answer, or typed Responses events."),
-        **error_responses(400, 401, 403, 404, 413, 429, 503),
+        **error_responses(400, 401, 403, 404, 409, 413, 429, 503),
     },  # fmt: skip
     tags=["openai"],
 )

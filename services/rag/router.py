@@ -80,9 +80,10 @@ def caller(request: Request) -> Principal:
 Rag = Annotated[RagService, Depends(get_rag)]
 router = APIRouter(dependencies=[Depends(require_key)])
 
-_ERRORS = error_responses(400, 401, 403, 404, 429, 503)
+# 409: a collection in another state (another embedding model or graph mode, no graph, a name taken).
+_ERRORS = error_responses(400, 401, 403, 404, 409, 429, 503)
 # Routes with a request body: also over the body limit.
-_BODY_ERRORS = error_responses(400, 401, 403, 404, 413, 429, 503)
+_BODY_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 429, 503)
 _LIST_ERRORS = error_responses(401, 429, 503)
 
 
@@ -240,7 +241,7 @@ async def _uploads(request: Request, rag: RagService) -> tuple[list[Upload], dic
     response_model=IngestResult,
     responses={
         202: {"model": Job, "description": "Queued as a background job."},
-        **error_responses(400, 401, 403, 404, 413, 415, 429, 503, e415="Unsupported file type."),
+        **error_responses(400, 401, 403, 404, 409, 413, 415, 429, 503, e415="Unsupported file type."),
     },
     openapi_extra=_INGEST_BODY,
     tags=["rag"],

@@ -26,7 +26,7 @@ GetChatModel = Callable[[Request], BaseChatModel | Awaitable[BaseChatModel]]
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: sse_response_doc("The answer and trace, or with `stream: true` server-sent events, one JSON object each."),
     **error_responses(
-        *(400, 401, 403, 404, 413, 429, 503),
+        *(400, 401, 403, 404, 409, 413, 429, 503),
         e400="Invalid request (OpenAI error body), e.g. an unknown tool.",
         e429="Rate limited, or the chat model is over capacity.",
         e503="The chat model or knowledge base is unavailable.",
