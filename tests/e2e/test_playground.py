@@ -121,7 +121,7 @@ def test_graph_picture_behind_an_answer(page: Any) -> None:
     assert answer.locator(".error").count() == 0, answer.inner_text()
     picture = answer.locator(".graph svg")
     assert picture.count() == 1, answer.inner_text()
-    labels = set(picture.locator("text").all_inner_texts())
+    labels = set(picture.locator("text").all_text_contents())
     assert "World" in " ".join(labels) or "Eiffel" in " ".join(labels), labels
     assert picture.locator("circle.matched").count() >= 1  # an entity the question names
     page.select_option("#mode", "hybrid")
