@@ -109,16 +109,7 @@ async def _replay(scope: Scope, receive: Receive, max_bytes: int) -> tuple[bytes
     """The whole request body (PayloadTooLarge past `max_bytes`, declared or sent, before more is read),
     and a `receive` that gives it again (then the client's own messages)."""
     body = await read_body(scope, receive, max_bytes)
-    sent = False
-
-    async def again() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return body, again
+    return body, _resend(body, receive)
 
 
 def _resend(body: bytes, receive: Receive) -> Receive:
