@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.rag.protocol import Citation
+# The answer events are /rag/query's own: the agent sends its checked final answer as one delta.
+from services.rag.protocol import Citation, CitationsEvent, DeltaEvent
 from services.rag.types import RetrievalMode
 
 AgentProtocol = Literal["auto", "native", "react"]
@@ -115,20 +116,6 @@ class ToolResultEvent(BaseModel):
     error: bool = False
     truncated: bool = False
     duration_ms: float
-
-
-class DeltaEvent(BaseModel):
-    """The final answer (sent once checked: it cites what the run observed)."""
-
-    type: Literal["delta"] = "delta"
-    text: str
-
-
-class CitationsEvent(BaseModel):
-    """The sources the answer cites, each with its quote."""
-
-    type: Literal["citations"] = "citations"
-    citations: list[Citation]
 
 
 class ErrorEvent(BaseModel):
