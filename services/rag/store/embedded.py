@@ -9,8 +9,10 @@ update durable once `update()` returns (a killed process loses nothing it acknow
 
 Thread safety is the engine's: shards take calls from several threads at once. Measured here
 (`bench/store.py`), its Python binding holds the GIL while it works, so threads do not search in
-parallel, and `optimize()` (the HNSW build) pauses the whole process while it runs:
-`VectorStore` runs it only when a collection has had no writes for a while.
+parallel. Its `optimize()` (the HNSW build: a minute for 20,000 points on this machine) would hold
+the GIL just as long and freeze every thread of the process, the event loop included, so `optimize`
+runs the engine's optimizers in a child process on a copy of the shard and swaps the optimized copy
+in (a rename, while no call uses the shard); a write meanwhile wins and the copy is dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -52,7 +56,18 @@ log = logging.getLogger(__name__)
 SPEC_FILE = "inferag.json"
 RRF_K = 2
 LOCK_FILE = ".lock"
-_TMP, _TRASH = ".tmp-", ".trash-"
+_TMP, _TRASH, _OPTIMIZED = ".tmp-", ".trash-", ".optimized-"
+# The child process of `EmbeddedBackend.optimize`: the engine's optimizers on a copy of a shard, at a lower
+# CPU priority than the serving process.
+_OPTIMIZE_CHILD = (
+    "import os, sys\n"
+    "import qdrant_edge as qe\n"
+    "os.nice(10)\n"
+    "shard = qe.EdgeShard.load(sys.argv[1])\n"
+    "changed = shard.optimize()\n"
+    "shard.close()\n"
+    "print(int(changed))\n"
+)
 _SCHEMAS = {
     "keyword": qe.PayloadSchemaType.Keyword,
     "integer": qe.PayloadSchemaType.Integer,
@@ -190,6 +205,44 @@ def _edge_error(exc: Exception, name: str) -> Exception:
     return exc
 
 
+class _SharedExclusive:
+    """Many holders at once, or one alone: shard calls share, the swap of an optimized shard excludes them."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Any:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Any:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True  # new shared holders wait from here on
+            while self._shared:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 class EmbeddedBackend:
     """Collections as qdrant-edge shards under `root` (`":memory:"`: a temporary folder, removed at close)."""
 
@@ -210,9 +263,17 @@ class EmbeddedBackend:
         self._shards: dict[str, qe.EdgeShard] = {}
         self._specs: dict[str, CollectionSpec] = {}
         self._guard = threading.RLock()  # opening, creating and dropping shards
+        self._swap = _SharedExclusive()  # every shard call shares it; swapping an optimized shard in excludes
+        self._writer = threading.Lock()  # held by every update, and while a shard is copied for `optimize`
+        self._writes: dict[str, int] = {}  # collection -> updates so far (a write during `optimize` wins)
         self._closed = False
         for leftover in self.root.iterdir():
-            if leftover.name.startswith((_TMP, _TRASH)):  # a crash's half-made or half-deleted collection
+            if leftover.name.startswith(_OPTIMIZED):  # a crash inside the swap of an optimized shard
+                target = self.root / leftover.name[len(_OPTIMIZED):]
+                if not target.exists():  # the old shard had gone to the trash: the optimized one goes in
+                    os.replace(leftover, target)
+                    continue
+            if leftover.name.startswith((_TMP, _TRASH, _OPTIMIZED)):  # a crash's half-made or half-deleted folder
                 shutil.rmtree(leftover, ignore_errors=True)
 
     @staticmethod
@@ -236,6 +297,12 @@ class EmbeddedBackend:
         if not name or "/" in name or name.startswith(".") or name in ("..",):
             raise InvalidRequest(f"Invalid collection name {name!r}.", param="collection")
         return self.root / name
+
+    @contextlib.contextmanager
+    def _using(self, name: str) -> Any:
+        """The collection's shard, not swapped for an optimized one until the caller is done with it."""
+        with self._swap.shared():
+            yield self._shard(name)
 
     def _shard(self, name: str) -> qe.EdgeShard:
         shard = self._shards.get(name)
@@ -318,10 +385,12 @@ class EmbeddedBackend:
             shutil.rmtree(trash, ignore_errors=True)
 
     def _update(self, name: str, operation: Any) -> None:
-        try:
-            self._shard(name).update(operation)
-        except Exception as exc:
-            raise _edge_error(exc, name) from exc
+        with self._writer, self._using(name) as shard:
+            self._writes[name] = self._writes.get(name, 0) + 1
+            try:
+                shard.update(operation)
+            except Exception as exc:
+                raise _edge_error(exc, name) from exc
 
     def upsert(self, name: str, points: Sequence[Point], *, only_if: models.Filter | None = None,
                insert_only: bool = False) -> None:
@@ -353,27 +422,32 @@ class EmbeddedBackend:
                  with_vectors: bool = False) -> list[Record]:
         if not ids:
             return []
-        found = self._shard(name).retrieve(list(ids), with_payload=_with_payload(with_payload),
-                                           with_vector=with_vectors)
+        with self._using(name) as shard:
+            found = shard.retrieve(list(ids), with_payload=_with_payload(with_payload), with_vector=with_vectors)
         return [_record(r) for r in found]
 
     def scroll(self, name: str, *, filter: models.Filter | None = None, limit: int = 1024,
                offset: str | None = None, with_payload: bool | list[str] = True,
                with_vectors: bool = False) -> tuple[list[Record], str | None]:
-        page, after = self._shard(name).scroll(qe.ScrollRequest(
-            offset=offset, limit=limit, filter=edge_filter(filter), with_payload=_with_payload(with_payload),
-            with_vector=with_vectors))
+        request = qe.ScrollRequest(offset=offset, limit=limit, filter=edge_filter(filter),
+                                   with_payload=_with_payload(with_payload), with_vector=with_vectors)
+        with self._using(name) as shard:
+            page, after = shard.scroll(request)
         return [_record(r) for r in page], None if after is None else str(after)
 
     def ordered(self, name: str, *, key: str, limit: int, offset: int = 0, filter: models.Filter | None = None,
                 with_payload: bool | list[str] = True) -> list[Record]:
-        found = self._shard(name).query(qe.QueryRequest(
-            limit=limit, offset=offset, query=qe.OrderBy(key, qe.Direction.Asc), filter=edge_filter(filter),
-            with_payload=_with_payload(with_payload), with_vector=False))
+        request = qe.QueryRequest(limit=limit, offset=offset, query=qe.OrderBy(key, qe.Direction.Asc),
+                                  filter=edge_filter(filter), with_payload=_with_payload(with_payload),
+                                  with_vector=False)
+        with self._using(name) as shard:
+            found = shard.query(request)
         return [_record(p) for p in found]
 
     def count(self, name: str, filter: models.Filter | None = None) -> int:
-        return int(self._shard(name).count(qe.CountRequest(exact=True, filter=edge_filter(filter))))
+        request = qe.CountRequest(exact=True, filter=edge_filter(filter))
+        with self._using(name) as shard:
+            return int(shard.count(request))
 
     def query(self, name: str, searches: Sequence[Nearest], *, fusion: Fusion | None = None, limit: int,
               filter: models.Filter | None = None, score_threshold: float | None = None,
@@ -394,7 +468,8 @@ class EmbeddedBackend:
                                       score_threshold=score_threshold, with_payload=_with_payload(with_payload),
                                       with_vector=False)
         try:
-            found = self._shard(name).query(request)
+            with self._using(name) as shard:
+                found = shard.query(request)
         except Exception as exc:
             raise _edge_error(exc, name) from exc
         return [_record(p) for p in found]
@@ -402,27 +477,73 @@ class EmbeddedBackend:
     def index(self, name: str, field: str, schema: PayloadSchema) -> None:
         if schema == "bool":  # see BOOLS
             field, schema = f"{BOOLS}.{field}", "keyword"
-        if field in self._shard(name).info().payload_schema:
-            return
+        with self._using(name) as shard:
+            if field in shard.info().payload_schema:
+                return
         self._update(name, qe.UpdateOperation.create_field_index(field, _SCHEMAS[schema]))
 
     def unindexed(self, name: str) -> int:
         """Points of the collection's vectors not in an HNSW index yet (searched by brute force)."""
-        info = self._shard(name).info()
+        with self._using(name) as shard:
+            info = shard.info()
         vectors = max(1, len(self.spec(name).dense)) if self.spec(name) else 1  # type: ignore[union-attr]
         return max(0, info.points_count * vectors - info.indexed_vectors_count)
 
     def optimize(self, name: str) -> bool:
-        return bool(self._shard(name).optimize())
+        """The engine's optimizers (HNSW build, merges) in a child process on a copy of the shard, then the
+        optimized copy in place of the shard (see the module's docstring). False when there was nothing to
+        do, or when the collection was written to meanwhile (the copy is dropped: the caller tries later)."""
+        folder = self._folder(name)
+        staging = self.root / f"{_TMP}{uuid.uuid4().hex}"
+        try:
+            with self._writer, self._using(name) as shard:  # readers go on; writers wait for the copy
+                shard.flush()
+                writes = self._writes.get(name, 0)
+                shutil.copytree(folder, staging)
+            child = subprocess.Popen([sys.executable, "-c", _OPTIMIZE_CHILD, str(staging)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            while True:
+                try:
+                    out, err = child.communicate(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    if self._closed or self._writes.get(name, 0) != writes:
+                        child.kill()
+                        child.communicate()
+                        return False
+            if child.returncode != 0:
+                raise RuntimeError(f"Optimizing collection {name} failed: {err.strip()[-2000:]}")
+            if out.strip() != "1":
+                return False
+            with self._swap.exclusive(), self._guard:  # no call uses the shard while it is swapped
+                if self._closed or self._writes.get(name, 0) != writes or not folder.exists():
+                    return False
+                shard = self._shards.pop(name, None)
+                if shard is not None:
+                    shard.close()
+                # a crash between the renames leaves the optimized copy under `.optimized-<name>` with no
+                # `<name>`: the next start puts it in place (see __init__)
+                optimized, trash = self.root / f"{_OPTIMIZED}{name}", self.root / f"{_TRASH}{uuid.uuid4().hex}"
+                os.replace(staging, optimized)
+                os.replace(folder, trash)
+                os.replace(optimized, folder)
+                _fsync_dir(self.root)
+            shutil.rmtree(trash, ignore_errors=True)
+            return True
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     # -- snapshots -------------------------------------------------------------------------------------
 
     def snapshot(self, name: str, target: Path) -> None:
         """A shard snapshot as Qdrant writes one (segments/<id>/files/..., wal/, config), for
         `EdgeShard.unpack_snapshot` or a server's shard snapshot upload. The caller keeps writers out."""
-        shard = self._shard(name)
-        shard.flush()
-        folder = self._folder(name)
+        with self._using(name) as shard:
+            shard.flush()
+            self._tar(self._folder(name), target)
+
+    @staticmethod
+    def _tar(folder: Path, target: Path) -> None:
         with tarfile.open(target, "w") as tar:
             for entry in sorted(folder.iterdir()):
                 if entry.name == SPEC_FILE:
