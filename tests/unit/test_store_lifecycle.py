@@ -226,6 +226,15 @@ def _point_id(i: int) -> str:
     return f"00000000-0000-4000-8000-{i:012d}"
 
 
+def _documents(vectors: list[list[float]], first: int = 0) -> list[Any]:
+    from services.rag.store import DocumentWrite
+    from services.rag.types import Chunk
+
+    return [DocumentWrite(doc_id=f"d{first + i}", source=None, metadata=None,
+                          chunks=[Chunk(text=f"text {first + i}", start=0, end=8, tokens=2)], dense=[v])
+            for i, v in enumerate(vectors)]
+
+
 async def test_optimize_builds_the_index_while_the_event_loop_and_readers_go_on(tmp_path: Path) -> None:
     """The engine's binding holds the GIL while it optimizes (16 s for these 8,000 points here, in a thread of
     this process the event loop would not run for as long): the build runs in a child process on a copy,
@@ -233,19 +242,24 @@ async def test_optimize_builds_the_index_while_the_event_loop_and_readers_go_on(
     store = open_store(url=None, path=tmp_path / "store", recover_interval_s=0, optimize_min_points=10**12)
     backend: Any = store.backend
     try:
-        name = await store.create_hidden("opt", dense={"v": 384})
+        await store.create_collection("opt", dimension=384, embed_model="unit-384")
         vectors = _unit_vectors(8000, 1)  # above the engine's indexing threshold (10 MB of vectors)
-        await store.upsert_points(name, [Point(id=_point_id(i), payload={"i": i}, dense={"v": v})
-                                          for i, v in enumerate(vectors)])
-        assert backend.unindexed(name) == 8000
+        for start in range(0, 8000, 1000):
+            await store.write_documents("opt", _documents(vectors[start:start + 1000], start))
+        assert backend.unindexed("opt") == 8000
 
         # a write while the copy is being built: the build is dropped, the write kept
-        building = asyncio.create_task(store.optimize(name))
-        while not any(p.name.startswith(".tmp-") for p in backend.root.iterdir()):  # noqa: ASYNC110 (files)
-            await asyncio.sleep(0.01)
-        await store.upsert_points(name, [Point(id=_point_id(8000), payload={"i": 8000}, dense={"v": vectors[0]})])
-        assert await building is False
-        assert backend.unindexed(name) == 8001 and await store.count_points(name) == 8001
+        building = asyncio.create_task(store.optimize("opt"))
+
+        async def copying() -> None:
+            while not any(p.name.startswith(".tmp-") for p in backend.root.iterdir()):  # noqa: ASYNC110 (files)
+                assert not building.done(), building
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(copying(), 60)
+        await store.write_documents("opt", _documents(vectors[:1], 8000))
+        assert await asyncio.wait_for(building, 60) is False
+        assert backend.unindexed("opt") == 8001 and await store.count("opt") == 8001
 
         gaps: list[float] = []
         answered = 0
@@ -256,8 +270,9 @@ async def test_optimize_builds_the_index_while_the_event_loop_and_readers_go_on(
             last = time.perf_counter()
             while not done:
                 await asyncio.sleep(0.05)
-                found = await store.search_points(name, vectors[answered % 100], using="v", limit=1)
-                assert found[0].payload["i"] % 8000 == answered % 100  # the shard answers, before and after
+                i = answered % 100
+                hits = await store.search(["opt"], dense=vectors[i], sparse=None, mode="dense", top_k=2)
+                assert f"d{i}" in {hit.doc_id for hit in hits}  # the shard answers, before and after the swap
                 answered += 1
                 now = time.perf_counter()
                 gaps.append(now - last)
@@ -266,20 +281,21 @@ async def test_optimize_builds_the_index_while_the_event_loop_and_readers_go_on(
         searching = asyncio.create_task(search_meanwhile())
         await asyncio.sleep(0.3)  # the searches run before the build starts
         began = time.perf_counter()
-        assert await store.optimize(name) is True
+        assert await asyncio.wait_for(store.optimize("opt"), 300) is True
         build_s = time.perf_counter() - began
         done = True
         await searching
-        assert backend.unindexed(name) == 0 and await store.count_points(name) == 8001
+        assert backend.unindexed("opt") == 0 and await store.count("opt") == 8001
         assert max(gaps) < 1.0, f"the event loop stood still {max(gaps):.1f} s during a {build_s:.1f} s build"
         assert answered > build_s / 0.2  # searches kept being answered throughout
-        assert sorted(p.name for p in backend.root.iterdir() if p.name.startswith(".") and p.name != ".lock") == []
+        assert [p.name for p in backend.root.iterdir() if p.name.startswith(".") and p.name != ".lock"] == []
     finally:
         await store.close()
     reopened = open_store(url=None, path=tmp_path / "store", recover_interval_s=0)
     try:
-        assert reopened.backend.unindexed(name) == 0  # type: ignore[attr-defined]
-        assert (await reopened.search_points(name, vectors[7], using="v", limit=1))[0].payload["i"] == 7
+        assert reopened.backend.unindexed("opt") == 0  # type: ignore[attr-defined]
+        hits = await reopened.search(["opt"], dense=vectors[7], sparse=None, mode="dense", top_k=1)
+        assert hits[0].doc_id == "d7"
     finally:
         await reopened.close()
 
