@@ -158,8 +158,9 @@ async def _run_one(engine: str, size: int, queries: int, protocol_max: int, loca
 
     if engine == "local":  # seconds a query at 100k: fewer of them
         queries = min(queries, local_queries)
-    await timed(min(queries, 10))  # warm (the first filtered query also makes the filter's payload index)
-    await timed(min(queries, 10), filter={"lang": "en"})
+    warm = max(1, queries // 10)  # (the first filtered query also makes the filter's payload index)
+    await timed(warm)
+    await timed(warm, filter={"lang": "en"})
     hybrid = await timed(queries)
     filtered = await timed(queries, filter={"lang": "en"})
     progress(f"{engine} {size}: queried")
@@ -190,6 +191,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000", help="Chunk counts, comma-separated.")
     parser.add_argument("--local-max", type=int, default=100_000, help="Largest size local mode runs at.")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--engines", default="edge,local", help="Engines to run: edge, local or both.")
     parser.add_argument("--local-queries", type=int, default=30,
                         help="Queries timed on local mode (each takes up to seconds at 100k).")
     parser.add_argument("--local-protocol-max", type=int, default=5000,
@@ -203,7 +205,7 @@ def main() -> None:
         return
     results: dict[tuple[str, int], dict[str, Any]] = {}
     for size in (int(s) for s in args.sizes.split(",")):
-        for engine in ("edge", "local") if size <= args.local_max else ("edge",):
+        for engine in [e for e in args.engines.split(",") if e == "edge" or size <= args.local_max]:
             command = [sys.executable, __file__, "--one", engine, str(size), "--queries", str(args.queries),
                        "--local-protocol-max", str(args.local_protocol_max),
                        "--local-queries", str(args.local_queries)]
