@@ -893,12 +893,15 @@ def check_full_attention(config: Any, max_model_len: int, model_path: str) -> No
 
 
 def _torch_dtype(name: str, device: Any, config: Any) -> Any:
-    """`auto`: fp32 on CPU; on GPU bf16 for checkpoints stored in bf16 (where supported), else fp16."""
+    """`auto`: on CPU bf16 where the CPU has native bf16 arithmetic (AMX / AVX512-BF16), else fp32;
+    on GPU bf16 for checkpoints stored in bf16 (where supported), else fp16."""
     import torch
 
     if name == "auto":
         if device.type != "cuda":
-            return torch.float32
+            from services.common.cpu import cpu_auto_dtype
+
+            return getattr(torch, cpu_auto_dtype())
         stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         if str(stored).removeprefix("torch.") == "bfloat16" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
