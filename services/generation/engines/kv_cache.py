@@ -44,10 +44,12 @@ class GrowingLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         keys, values = self.keys, self.values
+        assert keys is not None and values is not None
         used = keys.shape[-2] if keys.numel() else 0
         total = used + key_states.shape[-2]
         kb, vb = self._key_buffer, self._value_buffer
-        if not (used and kb is not None and total <= kb.shape[-2] and _prefix_of(keys, kb) and _prefix_of(values, vb)):
+        fits = kb is not None and total <= kb.shape[-2] and _prefix_of(keys, kb) and _prefix_of(values, vb)
+        if kb is None or vb is None or not (used and fits):
             rows, heads, _, dim = key_states.shape
             kb = key_states.new_empty((rows, heads, total + GROW, dim))
             vb = value_states.new_empty((rows, heads, total + GROW, value_states.shape[-1]))
