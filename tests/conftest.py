@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,22 @@ from services.generation.settings import GenerationSettings
 from tests.tiny_models import build_tiny_llama, data_dir
 
 TINY = "tiny-llama"
+
+# The tests compare the services with float32 references (transformers' generate, SentenceTransformer.encode
+# ...), so `auto` means float32 here on every CPU, also one with native bf16 where it means bfloat16: the
+# servers the tests start read these, in-process engines the flags below. The choice itself is tested in
+# tests/unit/test_cpu_dtype.py; bfloat16's quality on the packaged models in the same file.
+os.environ.setdefault("INFERAG_GEN_DTYPE", "float32")
+os.environ.setdefault("INFERAG_EMB_DTYPE", "float32")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_without_bf16() -> Iterator[None]:
+    import services.common.cpu
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(services.common.cpu, "cpu_flags", lambda path="/proc/cpuinfo": frozenset())
+        yield
 
 
 @pytest.fixture(scope="session")

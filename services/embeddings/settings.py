@@ -39,7 +39,8 @@ class EmbeddingsSettings(CommonSettings):
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "float16", "bfloat16", "int8"] = Field(
         "auto",
-        description="auto: float16 on CUDA, float32 on CPU. int8: dynamic int8 quantization of the "
+        description="auto: float16 on CUDA; on CPU bfloat16 where it has AMX-BF16 or AVX512-BF16, else float32. "
+        "int8: dynamic int8 quantization of the "
         "Linear layers, CPU only.",
     )
     num_threads: int | None = Field(

@@ -95,6 +95,9 @@ class NamedToolChoice(_Lenient):
 
 
 class JsonSchemaSpec(_Lenient):
+    # Written back as `schema` (OpenAI's name), so a request relayed to another service keeps its schema.
+    model_config = ConfigDict(extra="allow", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
     name: str = "response"
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None

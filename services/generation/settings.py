@@ -32,7 +32,9 @@ class GenerationSettings(CommonSettings):
     max_batch_size: int = Field(16, ge=1, description="Sequences decoded together (vLLM: max_num_seqs).")
     max_waiting: int = Field(64, ge=0, description="Requests queued in the engine before 429.")
     max_inflight: int = Field(256, ge=1, description="Sequences admitted by the API before it answers 429.")
-    dtype: str = Field("auto", description="auto: fp16/bf16 on GPU, fp32 on CPU.")
+    dtype: str = Field(
+        "auto", description="auto: fp16/bf16 on GPU; on CPU bf16 where it has AMX-BF16 or AVX512-BF16, else fp32."
+    )
     device: str = Field("auto", description="transformers engine: auto, cpu or cuda.")
     num_threads: int | None = Field(None, description="torch intra-op threads on CPU; default: torch's choice.")
     kv_cache_gib: float | None = Field(

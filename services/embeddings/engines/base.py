@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from services.common.cpu import cpu_auto_dtype
 from services.common.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,10 @@ def resolve_device(setting: str) -> str:
 
 
 def resolve_dtype(setting: str, device: str) -> str:
-    """auto → float16 on CUDA, float32 on CPU; int8 only on CPU."""
+    """auto → float16 on CUDA; on CPU bfloat16 where the CPU has native bf16 arithmetic, else float32.
+    int8 only on CPU."""
     if setting == "auto":
-        return "float16" if device.startswith("cuda") else "float32"
+        return "float16" if device.startswith("cuda") else cpu_auto_dtype()
     if setting == "int8" and not device.startswith("cpu"):
         raise ValueError("dtype int8 (dynamic quantization) runs on CPU only; use float16 on CUDA")
     return setting

@@ -4,7 +4,7 @@ One background thread owns the model and runs the batching loop; the asyncio sid
 only enqueues requests and reads chunks from per-request queues.
 
 The running batch is one left-padded batch: a 2D attention mask with one column per
-cache slot, explicit position ids (real tokens counted per row) and a `DynamicCache`
+cache slot, explicit position ids (real tokens counted per row) and a `DynamicCache` (kv_cache.GrowingCache)
 whose per-layer key/value tensors are shaped `[batch, kv_heads, slots, head_dim]`.
 Between decode steps the loop
 
@@ -523,7 +523,8 @@ class TransformersEngine:
 
     def _prefill(self, new: list[_Seq]) -> None:
         import torch
-        from transformers import DynamicCache
+
+        from services.generation.engines.kv_cache import GrowingCache
 
         dev = self._device
         width = max(len(s.prompt) for s in new)
@@ -535,7 +536,7 @@ class TransformersEngine:
             self._init_seq(seq)
         ids, mask = ids.to(dev), mask.to(dev)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        cache = GrowingCache()
         scoring = any(seq.options.prompt_logprobs is not None for seq in new)
         kwargs: dict[str, Any] = {"logits_to_keep": 1} if self._supports_logits_to_keep and not scoring else {}
         out = self._model(
@@ -893,12 +894,15 @@ def check_full_attention(config: Any, max_model_len: int, model_path: str) -> No
 
 
 def _torch_dtype(name: str, device: Any, config: Any) -> Any:
-    """`auto`: fp32 on CPU; on GPU bf16 for checkpoints stored in bf16 (where supported), else fp16."""
+    """`auto`: on CPU bf16 where the CPU has native bf16 arithmetic (AMX / AVX512-BF16), else fp32;
+    on GPU bf16 for checkpoints stored in bf16 (where supported), else fp16."""
     import torch
 
     if name == "auto":
         if device.type != "cuda":
-            return torch.float32
+            from services.common.cpu import cpu_auto_dtype
+
+            return getattr(torch, cpu_auto_dtype())
         stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         if str(stored).removeprefix("torch.") == "bfloat16" and torch.cuda.is_bf16_supported():
             return torch.bfloat16

@@ -128,6 +128,8 @@ class TextFormatJsonObject(_Lenient):
 
 
 class TextFormatJsonSchema(_Lenient):
+    model_config = ConfigDict(extra="allow", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
     type: Literal["json_schema"]
     name: Annotated[str, Field(min_length=1, max_length=64)] = "response"
     schema_: dict[str, Any] = Field(alias="schema")
