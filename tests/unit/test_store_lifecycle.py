@@ -242,7 +242,7 @@ async def test_optimize_builds_the_index_while_the_event_loop_and_readers_go_on(
     store = open_store(url=None, path=tmp_path / "store", recover_interval_s=0, optimize_min_points=10**12)
     backend: Any = store.backend
     try:
-        await store.create_collection("opt", dimension=384, embed_model="unit-384")
+        await store.create_collection("opt", dimension=384, embed_model="unit-384", sparse_model=None)
         vectors = _unit_vectors(8000, 1)  # above the engine's indexing threshold (10 MB of vectors)
         for start in range(0, 8000, 1000):
             await store.write_documents("opt", _documents(vectors[start:start + 1000], start))
