@@ -51,7 +51,7 @@ def embed_rate(client: httpx.Client, model: str, texts: list[str], per_request: 
     return len(texts) / (time.perf_counter() - began)
 
 
-def wait_for_index(server_pid: int | None, quiet_s: float = 20.0) -> None:
+def wait_for_index(server_pid: int | None, quiet_s: float = 60.0) -> None:
     """The embedded store builds a collection's HNSW index in a child process of the stack once the
     collection has had no write for a while: wait for that build (if one starts within `quiet_s`) to end,
     so neither the second embedding rate nor the retrieve timings share the CPU with it."""
