@@ -108,7 +108,7 @@ def build(collection: str, *, dimension: int, embed_model: str, sparse_model: st
     for index, chunk in enumerate(chunks):
         sparse_vectors = {}
         if sparse_model and sparse is not None:
-            sparse_vectors[SPARSE] = SparseVector(list(sparse[index].indices), [float(v) for v in sparse[index].values])
+            sparse_vectors[SPARSE] = SparseVector(list(sparse[index].indices), list(map(float, sparse[index].values)))
         payload = {
             "doc_id": doc_id,
             "chunk_index": index,
@@ -123,7 +123,7 @@ def build(collection: str, *, dimension: int, embed_model: str, sparse_model: st
             "state": STAGED,
         }
         points.append(Point(id=chunk_point_id(doc_id, version, index), payload=payload,
-                            dense={DENSE: [float(x) for x in dense[index]]}, sparse=sparse_vectors))
+                            dense={DENSE: list(map(float, dense[index]))}, sparse=sparse_vectors))
     info = DocumentInfo(doc_id=doc_id, source=source, chunks=len(chunks),
                         characters=max((chunk.end for chunk in chunks), default=0), metadata=user_metadata,
                         version=version, ingested_at=round(time.time(), 3))  # ms: floats round-trip exactly
@@ -172,8 +172,9 @@ def _entry(staged: Staged, current: dict[str, Any] | None, order: int) -> Point:
         superseded = [current["version"]]
         if not current.get("published", True):  # its own publish may never come: take over its leftovers
             superseded += [v for v in current.get("previous") or [] if v != info.version]
-    payload = {**info.model_dump(), "previous": superseded, "published": False,
-               "order": current.get("order", order) if current else order}
+    payload = {**info.model_dump(), "published": False, "order": current.get("order", order) if current else order}
+    if superseded:  # absent means none (the engine's payload conversion costs more than the read's `or []`)
+        payload["previous"] = superseded
     return Point(id=document_point_id(info.doc_id), payload=payload)
 
 
@@ -196,7 +197,7 @@ def commit(backend: Backend, collection: str, batch: Sequence[Staged]) -> dict[s
         if replacing:
             expected = [(document_point_id(d), current[d]["version"]) for d in pending if d in current]
             backend.upsert(registry, replacing, only_if=_entries_at(expected))
-        written = {p.payload["doc_id"]: p.payload["previous"] for p in [*fresh, *replacing]}
+        written = {p.payload["doc_id"]: p.payload.get("previous", []) for p in [*fresh, *replacing]}
         now = {ids[r.id]: r.payload for r in backend.retrieve(registry, list(ids), with_payload=["version"])
                if r.id in ids}
         for doc_id in list(pending):
