@@ -17,9 +17,9 @@ TINY = "tiny-llama"
 
 # The tests compare the services with float32 references (transformers' generate, SentenceTransformer.encode
 # ...), so `auto` means float32 here on every CPU, also one with native bf16 where it means bfloat16: the
-# servers the tests start read these, in-process engines the flags below. The choice itself is tested in
+# embedding servers the tests start read this, in-process engines the flags below. (Not INFERAG_GEN_DTYPE:
+# vLLM's `auto` downcasts a float32 checkpoint and its tests expect that.) The choice itself is tested in
 # tests/unit/test_cpu_dtype.py; bfloat16's quality on the packaged models in the same file.
-os.environ.setdefault("INFERAG_GEN_DTYPE", "float32")
 os.environ.setdefault("INFERAG_EMB_DTYPE", "float32")
 
 

