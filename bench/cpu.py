@@ -34,6 +34,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.generation import stream_chat as request  # noqa: E402
 from services.common.cpu import cpu_auto_dtype, cpu_flags  # noqa: E402
 from services.generation.models import packaged_gguf  # noqa: E402
 from tests.servers import REPO_ROOT, running  # noqa: E402
@@ -51,28 +52,6 @@ def long_prompt(tokens: int) -> str:
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
     ids = tokenizer(COURSE.read_text())["input_ids"][: tokens - 30]  # the chat template adds ~30
     return "Summarize these sources.\n\n" + tokenizer.decode(ids)
-
-
-async def request(client: httpx.AsyncClient, content: str, max_tokens: int) -> tuple[float, float, float, int, int]:
-    """(start, first token, end, prompt tokens, completion tokens), times from perf_counter."""
-    body = {
-        "model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
-        "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
-    }  # fmt: skip
-    start = time.perf_counter()
-    first = None
-    usage: dict[str, int] = {}
-    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                first = time.perf_counter()
-            usage = chunk.get("usage") or usage
-    end = time.perf_counter()
-    return start, first or end, end, usage["prompt_tokens"], usage["completion_tokens"]
 
 
 async def measure(base: str, prefill_tokens: int, max_tokens: int) -> dict[str, float]:

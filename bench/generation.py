@@ -49,25 +49,33 @@ class Result:
     requests: int
 
 
-async def one_stream(client: httpx.AsyncClient, prompt: str, max_tokens: int) -> tuple[float, int]:
+async def stream_chat(client: httpx.AsyncClient, content: str, max_tokens: int) -> tuple[float, float, float, int, int]:
+    """One streamed chat of exactly `max_tokens` tokens: (start, first token, end, prompt tokens, completion
+    tokens), times from perf_counter."""
     body = {
-        "model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+        "model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
         "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
     }  # fmt: skip
     start = time.perf_counter()
-    ttft = None
-    tokens = 0
+    first = None
+    usage: dict[str, int] = {}
     async with client.stream("POST", "/v1/chat/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            if ttft is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                ttft = time.perf_counter() - start
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-    return (ttft if ttft is not None else time.perf_counter() - start), tokens
+            if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                first = time.perf_counter()
+            usage = chunk.get("usage") or usage
+    end = time.perf_counter()
+    return start, first or end, end, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+
+
+async def one_stream(client: httpx.AsyncClient, prompt: str, max_tokens: int) -> tuple[float, int]:
+    """(time to first token, completion tokens) of one streamed chat."""
+    start, first, _, _, tokens = await stream_chat(client, prompt, max_tokens)
+    return first - start, tokens
 
 
 async def workload(base: str, concurrency: int, per_stream: int, max_tokens: int) -> Result:
