@@ -94,6 +94,10 @@ class LoadReport:
         (a starved CPU, not a queued request: a queued one would take a stream's time)."""
         return max(self.fast_429_s, 2 * max(self.health, default=0.0))
 
+    def slow_429s(self) -> list[float]:
+        """The latencies of the 429s over `limit_429`."""
+        return [t for t in self.latency_429 if t > self.limit_429()]
+
     def failures(self) -> list[str]:
         """The criteria that failed, one line each (empty: pass)."""
         out = []
@@ -102,7 +106,7 @@ class LoadReport:
             out.append(f"responses other than 2xx/429: {dict(bad)}")
         if self.retry_after[False]:
             out.append(f"{self.retry_after[False]} 429s without Retry-After")
-        slow = [t for t in self.latency_429 if t > self.limit_429()]
+        slow = self.slow_429s()
         if slow:
             out.append(f"{len(slow)} 429s slower than {self.limit_429():.2f}s (max {max(slow):.2f}s)")
         if self.streams["cut_without_error_event"]:

@@ -98,11 +98,13 @@ async def smollm2_client() -> AsyncIterator[httpx.AsyncClient]:
 @pytest.mark.slow
 async def test_default_model_always_returns_valid_graph_json(smollm2_client: httpx.AsyncClient) -> None:
     """50 chunks as ingestion cuts them, English and French, through the extractor's own requests and HTTP
-    client: every reply parses against the
-    schema (json_schema decoding), none is cut short, and most chunks yield entities (the graph is not empty)."""
+    client: every reply parses against the schema (json_schema decoding), none is cut short, and most chunks
+    yield entities (the graph is not empty)."""
     texts = await _texts(50)
-    extractor = LlmExtractor(HttpGenerator(smollm2_client), lambda: asyncio.sleep(0, "smollm2"), concurrency=8)
-    gate = asyncio.Semaphore(8)  # the extractor's own concurrency
+    concurrency = 8
+    extractor = LlmExtractor(HttpGenerator(smollm2_client), lambda: asyncio.sleep(0, "smollm2"),
+                             concurrency=concurrency)  # fmt: skip
+    gate = asyncio.Semaphore(concurrency)  # the extractor's own bound, for requests sent without its retry
     replies = []
 
     async def one(text: str) -> None:
