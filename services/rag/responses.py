@@ -41,6 +41,7 @@ from services.generation.responses.serving import (
 from services.generation.responses.store import ResponseStore
 
 from .citations import MARKER, marker_numbers
+from .dependencies import Rag, caller
 from .protocol import (
     Citation,
     CitationsEvent,
@@ -52,7 +53,7 @@ from .protocol import (
     QueryRequest,
     Usage,
 )
-from .router import Rag, caller, rag_targets
+from .serving import rag_targets
 
 router = APIRouter(dependencies=[Depends(require_key)])
 # The status of an error event the answer stream ends with, by its OpenAI error type.

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from services.common.protocol import error_responses
 from services.common.service import require_key
 
-from ..router import Rag, caller
+from ..dependencies import Rag, caller
 from .types import EntityDetail, EntityList, GraphStats
 
 router = APIRouter(dependencies=[Depends(require_key)], tags=["rag"])

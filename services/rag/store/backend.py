@@ -22,6 +22,8 @@ from qdrant_client import models
 
 from services.common.errors import InferagError
 
+from ..vectors import SparseVector
+
 PayloadSchema = Literal["keyword", "integer", "float", "bool"]
 Fusion = Literal["rrf", "dbsf"]
 
@@ -53,12 +55,6 @@ class StoreNeedsMigration(InferagError):
             "Stop the stack and run `inferag collections migrate` once: it copies every collection into the "
             "embedded Qdrant engine and keeps the old folder as a backup."
         )
-
-
-@dataclass(frozen=True)
-class SparseVector:
-    indices: list[int]
-    values: list[float]
 
 
 @dataclass
