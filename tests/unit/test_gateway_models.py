@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.gateway.app import GatewaySettings
+from services.gateway.settings import GatewaySettings
 from services.gateway.models import ModelRouter, load_models_file, request_model
 
 
