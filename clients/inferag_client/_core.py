@@ -1,16 +1,19 @@
 """What the sync and async clients share: every route as a `Call` (request plus parser), the retry policy.
 
 A resource method of either client only builds a `Call` here and hands it to its client's
-`_request`/`_stream`; the two clients differ only in how they wait on the network.
+`_request`/`_stream`; the two clients differ only in how they wait (`_client.py` is generated from
+`_async_client.py`; the few helpers below come in an async and a sync form for that).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import mimetypes
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -19,18 +22,20 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from services.generation.protocol import PerplexityRequest, PerplexityResponse
-from services.rag.agent.protocol import AgentRequest, AgentResponse
-from services.rag.graph.types import EntityDetail, EntityList, GraphStats
-from services.rag.protocol import (
+from inferag_protocol.agent import AgentRequest, AgentResponse
+from inferag_protocol.graph import EntityDetail, EntityList, GraphStats
+from inferag_protocol.perplexity import PerplexityRequest, PerplexityResponse
+from inferag_protocol.rag import (
     ChunkRequest,
     ChunkResponse,
     CollectionCreate,
+    CollectionInfo,
     CollectionList,
     Deleted,
     DocumentDetail,
     DocumentIn,
     DocumentList,
+    Hit,
     IngestRequest,
     IngestResult,
     Job,
@@ -43,7 +48,6 @@ from services.rag.protocol import (
     RetrieveRequest,
     RetrieveResponse,
 )
-from services.rag.types import CollectionInfo, Hit
 
 from .errors import InferagError, error_for_status
 from .models import Health, ModelList, Readiness
@@ -68,6 +72,8 @@ FILE_TYPES = {
 }  # fmt: skip
 
 DocumentLike = str | DocumentIn | Mapping[str, Any]
+SyncProgress = Callable[[Job], object]
+AsyncProgress = Callable[[Job], object] | Callable[[Job], Awaitable[object]]
 MessageLike = Message | Mapping[str, str]
 FileLike = str | os.PathLike[str]
 
@@ -97,6 +103,25 @@ def _body(model: BaseModel) -> dict[str, Any]:
 
 def _seg(value: str) -> str:
     return quote(value, safe="")
+
+
+async def arun_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Blocking work (reading files) off the event loop."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def run_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return fn(*args, **kwargs)
+
+
+async def anotify(callback: AsyncProgress, job: Job) -> None:
+    result = callback(job)
+    if inspect.isawaitable(result):
+        await result
+
+
+def notify(callback: SyncProgress, job: Job) -> None:
+    callback(job)
 
 
 def error_from_response(response: httpx.Response) -> InferagError:
@@ -288,7 +313,10 @@ def _question(
     return values
 
 
-def query(
+def _ask(
+    route: str,
+    request: type[QueryRequest] | type[AgentRequest],
+    answer: type[M],
     query: str | None,
     *,
     messages: Sequence[MessageLike] | None,
@@ -296,26 +324,21 @@ def query(
     collections: Sequence[str] | None,
     stream: bool,
     options: Mapping[str, Any],
-) -> Call[QueryResponse]:
+    idempotent: bool,
+) -> Call[M]:
     values = {**_question(query, messages, collection, collections), **options, "stream": stream}
-    request = QueryRequest.model_validate(values)
+    body = _body(request.model_validate(values))
+    return Call("POST", route, _model(answer), json=body, idempotent=idempotent)
+
+
+def query(query: str | None, *, stream: bool, **question: Any) -> Call[QueryResponse]:
     # A stream is not repeated: part of it may already have been read when it fails.
-    return Call("POST", "/rag/query", _model(QueryResponse), json=_body(request), idempotent=not stream)
+    return _ask("/rag/query", QueryRequest, QueryResponse, query, stream=stream, idempotent=not stream, **question)
 
 
-def agent(
-    query: str | None,
-    *,
-    messages: Sequence[MessageLike] | None,
-    collection: str | None,
-    collections: Sequence[str] | None,
-    stream: bool,
-    options: Mapping[str, Any],
-) -> Call[AgentResponse]:
+def agent(query: str | None, *, stream: bool, **question: Any) -> Call[AgentResponse]:
     # The agent's tools may act (not only read), so it is never repeated.
-    values = {**_question(query, messages, collection, collections), **options, "stream": stream}
-    request = AgentRequest.model_validate(values)
-    return Call("POST", "/rag/agent", _model(AgentResponse), json=_body(request), idempotent=False)
+    return _ask("/rag/agent", AgentRequest, AgentResponse, query, stream=stream, idempotent=False, **question)
 
 
 def graph_stats(collection: str) -> Call[GraphStats]:
@@ -349,6 +372,14 @@ def perplexity(
         values["top_logprobs"] = top_logprobs
     request = PerplexityRequest.model_validate(values)
     return Call("POST", "/v1/perplexity", _model(PerplexityResponse), json=_body(request))
+
+
+def chat_stream(model: str, messages: Sequence[Mapping[str, str]], max_tokens: int | None = None) -> Call[Any]:
+    """`/v1/chat/completions` streamed (the CLI's plain chat; the SDK's users call it with the `openai` package)."""
+    body: dict[str, Any] = {"model": model, "messages": [dict(m) for m in messages], "stream": True}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return Call("POST", "/v1/chat/completions", lambda response: response.json(), json=body, idempotent=False)
 
 
 def models() -> Call[ModelList]:
