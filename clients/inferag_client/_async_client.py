@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from pathlib import Path
 from time import monotonic
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, Unpack
 
 import httpx
 from httpx_sse import EventSource
@@ -34,7 +34,17 @@ from inferag_protocol.rag import (
 )
 
 from . import _core
-from ._core import AsyncProgress, Call, ClientBase, DocumentLike, FileLike, MessageLike, error_from_response
+from ._core import (
+    AsyncProgress,
+    Call,
+    ClientBase,
+    DocumentLike,
+    FileLike,
+    IngestOptions,
+    MessageLike,
+    UploadOptions,
+    error_from_response,
+)
 from .errors import ConnectionFailed, error_for_body
 from .events import AgentStreamEvent, QueryStreamEvent, error_of, parse_agent_event, parse_query_event
 from .models import AgentResponse, Health, ModelList, Readiness
@@ -112,36 +122,19 @@ class AsyncDocuments:
         self._c = client
 
     async def ingest(
-        self,
-        collection: str,
-        documents: DocumentLike | Sequence[DocumentLike],
-        *,
-        metadata: Mapping[str, Any] | None = None,
-        chunking: Mapping[str, Any] | None = None,
-        background: bool | None = None,
+        self, collection: str, documents: DocumentLike | Sequence[DocumentLike], **options: Unpack[IngestOptions]
     ) -> IngestResult | Job:
-        """Ingest texts (str) or `DocumentIn`s; a `Job` comes back when it runs in the background."""
-        call = _core.ingest(collection, documents, metadata=metadata, chunking=chunking, background=background)
-        return await self._c._request(call)
+        """Ingest texts (str) or `DocumentIn`s; a `Job` comes back when it runs in the background.
+        Options: metadata (added to each document's), chunking, background."""
+        return await self._c._request(_core.ingest(collection, documents, **options))
 
     async def upload(
-        self,
-        collection: str,
-        paths: FileLike | Sequence[FileLike],
-        *,
-        metadata: Mapping[str, Any] | None = None,
-        chunking: Mapping[str, Any] | None = None,
-        background: bool | None = None,
-        text_field: str | None = None,
+        self, collection: str, paths: FileLike | Sequence[FileLike], **options: Unpack[UploadOptions]
     ) -> IngestResult | Job:
-        """Upload files of any supported type (README: formats) as multipart; `metadata` applies to each,
-        `text_field` names the text of JSON records."""
+        """Upload files of any supported type (README: formats) as multipart; options as `ingest`'s (`metadata`
+        applies to each file), and `text_field`, the text of JSON records."""
         # Reading the files blocks (the async client reads them off the event loop).
-        call = await _core.arun_blocking(
-            _core.upload, collection, paths, metadata=metadata, chunking=chunking, background=background,
-            text_field=text_field,
-        )  # fmt: skip
-        return await self._c._request(call)
+        return await self._c._request(await _core.arun_blocking(_core.upload, collection, paths, **options))
 
     async def list(self, collection: str, *, limit: int | None = None, offset: int | None = None) -> DocumentList:
         return await self._c._request(_core.list_documents(collection, limit, offset))

@@ -16,7 +16,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -188,32 +188,34 @@ def _document(doc: DocumentLike, metadata: Mapping[str, Any] | None) -> Document
     return DocumentIn.model_validate(doc)
 
 
+class IngestOptions(TypedDict, total=False):
+    """How `documents.ingest` / `documents.upload` store what they send."""
+
+    metadata: Mapping[str, Any] | None  # added to every document's metadata
+    chunking: Mapping[str, Any] | None  # ChunkingParams; default: the service's
+    background: bool | None  # run as a job (202); default: only for large requests
+
+
+class UploadOptions(IngestOptions, total=False):
+    text_field: str | None  # the text of JSON records
+
+
 def ingest(
-    collection: str,
-    documents: DocumentLike | Sequence[DocumentLike],
-    *,
-    metadata: Mapping[str, Any] | None = None,
-    chunking: Mapping[str, Any] | None = None,
-    background: bool | None = None,
+    collection: str, documents: DocumentLike | Sequence[DocumentLike], **options: Unpack[IngestOptions]
 ) -> Call[IngestResult | Job]:
     docs = [documents] if isinstance(documents, str | DocumentIn | Mapping) else list(documents)
+    chunking = options.get("chunking")
     request = IngestRequest(
-        documents=[_document(d, metadata) for d in docs],
+        documents=[_document(d, options.get("metadata")) for d in docs],
         chunking=dict(chunking) if chunking is not None else None,
-        background=background,
+        background=options.get("background"),
     )
     body = request.model_dump(mode="json", exclude_none=True)
     return Call("POST", f"/rag/collections/{_seg(collection)}/documents", _ingested, json=body, idempotent=False)
 
 
 def upload(
-    collection: str,
-    paths: FileLike | Sequence[FileLike],
-    *,
-    metadata: Mapping[str, Any] | None = None,
-    chunking: Mapping[str, Any] | None = None,
-    background: bool | None = None,
-    text_field: str | None = None,
+    collection: str, paths: FileLike | Sequence[FileLike], **options: Unpack[UploadOptions]
 ) -> Call[IngestResult | Job]:
     """Reads the files now (blocking; the async client runs this in a thread)."""
     import json
@@ -225,10 +227,10 @@ def upload(
         kind = FILE_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         files.append(("files", (path.name, path.read_bytes(), kind)))
     data: dict[str, str] = {}
-    if metadata is not None:
-        data["metadata"] = json.dumps(dict(metadata))
-    if chunking is not None:
-        data["chunking"] = json.dumps(dict(chunking))
+    for key, value in (("metadata", options.get("metadata")), ("chunking", options.get("chunking"))):
+        if value is not None:
+            data[key] = json.dumps(dict(value))
+    background, text_field = options.get("background"), options.get("text_field")
     if background is not None:
         data["background"] = "true" if background else "false"
     if text_field is not None:
