@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 
 from services.embeddings.settings import EmbeddingsSettings
-from services.gateway.app import Gateway, GatewaySettings, build_gateway
+from services.gateway.app import Gateway, build_gateway
+from services.gateway.settings import GatewaySettings
 from services.rag.settings import RagSettings
 from tests.conftest import tiny_settings
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,6 +12,8 @@ from .auth import ApiKey
 
 # Marks the settings of the listening process only (a service run inside the gateway does not listen).
 _PER_PROCESS: dict[str, Any] = {"per_process": True}
+
+S = TypeVar("S", bound="CommonSettings")
 
 
 class CommonSettings(BaseSettings):
@@ -55,3 +57,7 @@ class CommonSettings(BaseSettings):
         own = {n for n, f in CommonSettings.model_fields.items() if isinstance(f.json_schema_extra, dict)
                and f.json_schema_extra.get("per_process")}  # fmt: skip
         return {n: getattr(self, n) for n in CommonSettings.model_fields if n in self.model_fields_set - own}
+
+    def inherit(self, service: type[S]) -> S:
+        """`service`'s settings (its own prefix, `INFERAG_GEN_`...) with the common ones given to this process."""
+        return service(**self.shared())

@@ -15,16 +15,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import Field, field_validator
-from pydantic_settings import NoDecode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.auth import authenticate
@@ -59,50 +56,15 @@ from .models import (
     MODEL_PATHS,
     RAG_MODEL_PATHS,
     ModelRouter,
-    load_models_file,
-    parse_extra_models,
-    parse_model_urls,
     request_model,
 )
 from .proxy import Proxy
+from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
 EMBEDDING_PATHS = ("/v1/embeddings", "/v1/rerank", "/rerank", "/v1/sparse-embeddings")
 SHARED_PATHS = frozenset({"/health", "/ready", "/v1/models", "/metrics", "/", "/playground"})
-
-
-class GatewaySettings(CommonSettings):
-    """`INFERAG_HOST`, `INFERAG_PORT`, `INFERAG_API_KEY`, ...; each service reads its own prefix too."""
-
-    generation_url: str | None = Field(None, description="Forward generation routes there instead of in-process.")
-    embeddings_url: str | None = Field(None, description="Forward embeddings routes there instead of in-process.")
-    rag_url: str | None = Field(None, description="Forward /rag/* (and rag: models) there instead of in-process.")
-    generation_urls: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=dict,
-        description="More generation models, each served by its own service: `name=url,name=url` or a JSON "
-        "object; requests go to the service of their `model`.",
-    )
-    models_file: Path | None = Field(None, description="The same as a YAML/JSON file: `{name: url}`.")
-    gen_extra_models: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=dict,
-        description="In-process only: more models loaded next to the default one, `name=model,...` (model: a "
-        "folder, a .gguf, a hub id or the packaged default), each with the default's INFERAG_GEN_* settings.",
-    )
-
-    @field_validator("generation_urls", mode="before")
-    @classmethod
-    def _urls(cls, value: Any) -> dict[str, str]:
-        return parse_model_urls(value)
-
-    @field_validator("gen_extra_models", mode="before")
-    @classmethod
-    def _extra(cls, value: Any) -> dict[str, str]:
-        return parse_extra_models(value)
-
-    def model_urls(self) -> dict[str, str]:
-        """Model name → generation service URL, from the file then the variable."""
-        return {**(load_models_file(self.models_file) if self.models_file else {}), **self.generation_urls}
 
 
 async def _replay(scope: Scope, receive: Receive, max_bytes: int) -> tuple[bytes, Receive]:
@@ -243,7 +205,7 @@ def build_gateway(
     proxies: dict[str, Proxy] = {name: Proxy(name, url) for name, url in urls.items() if url}
     names: dict[str, str] = {}  # served model name -> service key, for models other than the default
     if "generation" not in proxies:
-        generation = generation or GenerationSettings()
+        generation = generation or settings.inherit(GenerationSettings)
         apps["generation"] = build_generation(generation, registry)
         names[generation.served_model_name or generation.model] = DEFAULT
         for name, model in settings.gen_extra_models.items():
@@ -256,9 +218,9 @@ def build_gateway(
         else:
             names[name] = DEFAULT
     if "embeddings" not in proxies:
-        apps["embeddings"] = build_embeddings(embeddings, registry)
+        apps["embeddings"] = build_embeddings(embeddings or settings.inherit(EmbeddingsSettings), registry)
     if "rag" not in proxies:
-        rag = rag or RagSettings()
+        rag = rag or settings.inherit(RagSettings)
         links = None
         if "generation" in apps and "embeddings" in apps:
             links = inprocess_links(apps["generation"], apps["embeddings"], rag)
@@ -332,15 +294,13 @@ def build_gateway(
     return Gateway(front, services, ModelRouter(names), settings)
 
 
-
 def main() -> None:
     settings = GatewaySettings()
     setup_logging(settings.log_level, settings.log_json)
-    shared = settings.shared()
-    rag = RagSettings(**shared)
+    services = settings.in_process()
     if not settings.rag_url:
-        refuse_locked_store(rag)
-    gateway = build_gateway(settings, GenerationSettings(**shared), EmbeddingsSettings(**shared), rag)
+        refuse_locked_store(services.rag)
+    gateway = build_gateway(settings, *services)
     serve(RequestIdMiddleware(gateway, service="gateway"), settings)
 
 

@@ -27,7 +27,7 @@ from services.common.http import peeked
 from services.common.metrics import LATENCY_BUCKETS
 
 from . import tools as toolfmt
-from .engines.base import Engine, GenerationChunk, SamplingOptions, TokenLogprob
+from .engines.base import Engine, GenerationChunk, SamplingOptions, TokenLogprob, check_context_length
 from .protocol import (
     INT64_MIN,
     ChatChoice,
@@ -231,23 +231,12 @@ class GenerationService:
         json_schema: dict[str, Any] | None,
     ) -> list[SamplingOptions]:
         limit = self.engine.info.max_model_len
-        if prompt_len >= limit:
-            raise InvalidRequest(
-                f"The prompt is {prompt_len} tokens; this model's context window is {limit} tokens.",
-                param="messages" if isinstance(req, ChatCompletionRequest) else "prompt",
-                code="context_length_exceeded",
-            )
+        param = "messages" if isinstance(req, ChatCompletionRequest) else "prompt"
+        check_context_length(prompt_len, max_tokens, limit, param=param)
         if max_tokens is None:
             max_tokens = limit - prompt_len
             if self.default_max_tokens:
                 max_tokens = min(max_tokens, self.default_max_tokens)
-        elif prompt_len + max_tokens > limit:
-            raise InvalidRequest(
-                f"max_tokens is {max_tokens} and the prompt is {prompt_len} tokens; together they exceed "
-                f"this model's context window of {limit} tokens.",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
         if json_schema is not None and not self.engine.supports_json_schema:
             raise InvalidRequest(
                 f"The {self.engine.info.engine} engine does not support structured output.", param="response_format"
@@ -516,13 +505,8 @@ class GenerationService:
     async def score(self, prompts: list[list[int]], top_n: int, endpoint: str) -> list[list[TokenLogprob | None]]:
         """The prompt logprobs of each prompt (`top_n` alternatives per token), all handed to the engine at
         once so it prefills them together; no text is returned (one token is sampled and dropped)."""
-        limit = self.engine.info.max_model_len
         for i, ids in enumerate(prompts):
-            if len(ids) >= limit:
-                raise InvalidRequest(
-                    f"Input {i} is {len(ids)} tokens; this model's context window is {limit} tokens.",
-                    param="input", code="context_length_exceeded",
-                )  # fmt: skip
+            check_context_length(len(ids), None, self.engine.info.max_model_len, param="input", what=f"Input {i}")
         options = SamplingOptions(max_tokens=1, temperature=0.0, prompt_logprobs=top_n)
         prep = _Prepared(f"score-{uuid.uuid4().hex}", [], [options] * len(prompts), prompts=prompts)
         found: list[list[TokenLogprob | None]] = [[] for _ in prompts]

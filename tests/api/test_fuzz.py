@@ -46,7 +46,8 @@ from hypothesis import strategies as st
 
 from services.common.protocol import sse_response_doc
 from services.embeddings.settings import EmbeddingsSettings
-from services.gateway.app import Gateway, GatewaySettings, build_gateway
+from services.gateway.app import Gateway, build_gateway
+from services.gateway.settings import GatewaySettings
 from services.rag.settings import RagSettings
 from tests.conftest import tiny_settings
 

@@ -124,7 +124,7 @@ async def test_chat_bodies_are_bounded_before_they_are_held(secured: tuple[httpx
 
 
 async def test_common_settings_reach_every_in_process_service() -> None:
-    from services.gateway.app import GatewaySettings
+    from services.gateway.settings import GatewaySettings
 
     given = GatewaySettings(max_body_bytes=4096, api_key="k" * 16, port=9000, host="0.0.0.0")
     assert set(given.shared()) == {"max_body_bytes", "api_key"}  # where to listen stays the gateway's

@@ -212,7 +212,7 @@ def _settings_fields(cls: Any) -> set[str]:
 
 def _service_settings() -> dict[str, Any]:
     from services.embeddings.settings import EmbeddingsSettings
-    from services.gateway.app import GatewaySettings
+    from services.gateway.settings import GatewaySettings
     from services.generation.settings import GenerationSettings
     from services.rag.settings import RagSettings
 

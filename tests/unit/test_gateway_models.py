@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.gateway.app import GatewaySettings
 from services.gateway.models import ModelRouter, load_models_file, request_model
+from services.gateway.settings import GatewaySettings
 
 
 def test_urls_from_pairs_json_and_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

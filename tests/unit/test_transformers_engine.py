@@ -13,13 +13,11 @@ import pytest
 
 from services.common.errors import EngineError, InvalidRequest, Overloaded
 from services.generation.engines.base import Engine, GenerationChunk, SamplingOptions
-from services.generation.engines.transformers_engine import (
-    TransformersEngine,
-    _find_stop,
-    _held_back,
-    _IncrementalDetokenizer,
-    _top_k_top_p,
-)
+from services.generation.engines.detokenizer import IncrementalDetokenizer as _IncrementalDetokenizer
+from services.generation.engines.detokenizer import find_stop as _find_stop
+from services.generation.engines.detokenizer import held_back as _held_back
+from services.generation.engines.sampling import top_k_top_p as _top_k_top_p
+from services.generation.engines.transformers_engine import TransformersEngine
 from tests.tiny_models import DEFAULT_TOKENIZER_SRC, build_tiny_llama, smollm2_path
 
 torch = pytest.importorskip("torch")

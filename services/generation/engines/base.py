@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from services.common.errors import InvalidRequest
+
 FinishReason = Literal["stop", "length", "abort"]
 
 
@@ -80,6 +82,27 @@ class ModelInfo:
     engine: str
     root: str  # where the weights came from
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_context_length(
+    prompt_tokens: int, max_tokens: int | None, max_model_len: int, *, param: str = "messages", what: str = "The prompt"
+) -> None:
+    """InvalidRequest (400, `context_length_exceeded`) unless the prompt leaves at least one token to generate
+    and, `max_tokens` given, the prompt plus `max_tokens` fits the context window. `param` names the prompt's
+    field (`messages`, `prompt`, `input`), `what` the prompt in the message."""
+    if prompt_tokens >= max_model_len:
+        raise InvalidRequest(
+            f"{what} is {prompt_tokens} tokens; this model's context window is {max_model_len} tokens.",
+            param=param,
+            code="context_length_exceeded",
+        )
+    if max_tokens is not None and prompt_tokens + max_tokens > max_model_len:
+        raise InvalidRequest(
+            f"max_tokens is {max_tokens} and the prompt is {prompt_tokens} tokens; together they exceed "
+            f"this model's context window of {max_model_len} tokens.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
 
 
 @runtime_checkable

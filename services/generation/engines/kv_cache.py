@@ -6,6 +6,9 @@ prompts). Here a layer keeps its keys and values in buffers with `GROW` spare sl
 the used prefix as `keys` / `values` (views); a step writes its one column in place. When the engine
 replaces `keys` / `values` (dropping rows, trimming padding, merging a new prefill), the layer sees the
 tensors are no longer views of its buffers and copies them into new ones at the next step, once.
+
+The surgery on a batch's cache lives here too: every layer is `[batch, kv_heads, slots, head_dim]`, rows
+left-padded, and the engine's 2D attention mask (`[batch, slots]`) says which slots hold tokens.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
@@ -69,3 +73,53 @@ class GrowingCache(DynamicCache):
     def __init__(self) -> None:
         super().__init__()
         self.layer_class_to_replicate = GrowingLayer
+
+
+def zero_padding(cache: Any, mask: torch.Tensor) -> None:
+    """Zero the padding slots (`mask` 0): never attended to, but kept finite and zero anyway."""
+    pad = (mask == 0)[:, None, :, None]
+    for layer in cache.layers:
+        layer.keys.masked_fill_(pad, 0)
+        layer.values.masked_fill_(pad, 0)
+
+
+def select_rows(cache: Any, index: torch.Tensor) -> None:
+    """Keep the rows `index` of every layer (in place)."""
+    for layer in cache.layers:
+        if layer.keys is None or layer.keys.numel() == 0:
+            continue
+        layer.keys = layer.keys.index_select(0, index)
+        layer.values = layer.values.index_select(0, index)
+
+
+def trim(cache: Any, mask: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """Drop leading slot columns that are padding for every row."""
+    used = mask.any(dim=0).nonzero()
+    if used.numel() == 0:
+        return cache, mask
+    first = int(used[0, 0])
+    if first == 0:
+        return cache, mask
+    for layer in cache.layers:
+        if layer.keys is None or layer.keys.numel() == 0:
+            continue
+        layer.keys = layer.keys[:, :, first:, :].contiguous()
+        layer.values = layer.values[:, :, first:, :].contiguous()
+    return cache, mask[:, first:].contiguous()
+
+
+def merge(cache_a: Any, mask_a: torch.Tensor, cache_b: Any, mask_b: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """Stack two left-padded batches (a on top of b), padding the narrower one on the left."""
+    width = max(mask_a.shape[1], mask_b.shape[1])
+    pad_a, pad_b = width - mask_a.shape[1], width - mask_b.shape[1]
+    for layer_a, layer_b in zip(cache_a.layers, cache_b.layers, strict=True):
+        keys_a, values_a = layer_a.keys, layer_a.values
+        keys_b, values_b = layer_b.keys, layer_b.values
+        if pad_a:
+            keys_a, values_a = F.pad(keys_a, (0, 0, pad_a, 0)), F.pad(values_a, (0, 0, pad_a, 0))
+        if pad_b:
+            keys_b, values_b = F.pad(keys_b, (0, 0, pad_b, 0)), F.pad(values_b, (0, 0, pad_b, 0))
+        layer_a.keys = torch.cat([keys_a, keys_b], dim=0)
+        layer_a.values = torch.cat([values_a, values_b], dim=0)
+    mask = torch.cat([F.pad(mask_a, (pad_a, 0)), F.pad(mask_b, (pad_b, 0))], dim=0)
+    return cache_a, mask

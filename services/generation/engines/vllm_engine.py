@@ -33,6 +33,7 @@ from services.generation.engines.base import (
     ModelInfo,
     SamplingOptions,
     TokenLogprob,
+    check_context_length,
 )
 
 if TYPE_CHECKING:
@@ -306,12 +307,7 @@ class VllmEngine:
 
         llm = self._require_llm()
         n_prompt = len(prompt_token_ids)
-        if n_prompt >= self.info.max_model_len:
-            raise InvalidRequest(
-                f"This model's maximum context length is {self.info.max_model_len} tokens, "
-                f"but the prompt has {n_prompt} tokens (at least one token must be left to generate).",
-                code="context_length_exceeded",
-            )
+        check_context_length(n_prompt, options.max_tokens, self.info.max_model_len)
         params = self.sampling_params(options)
         prompt = tokens_input(list(prompt_token_ids))
         prompt["arrival_time"] = time.time()
