@@ -17,6 +17,17 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from inferag_protocol.rag import (
+    Citation,
+    CitationsEvent,
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    Message,
+    QueryEvent,
+    QueryRequest,
+    Usage,
+)
 from services.common.errors import InvalidRequest
 from services.common.http import cancel_on_disconnect
 from services.common.protocol import error_responses, sse_response_doc
@@ -42,17 +53,6 @@ from services.generation.responses.store import ResponseStore
 
 from .citations import MARKER, marker_numbers
 from .dependencies import Rag, caller
-from .protocol import (
-    Citation,
-    CitationsEvent,
-    DeltaEvent,
-    DoneEvent,
-    ErrorEvent,
-    Message,
-    QueryEvent,
-    QueryRequest,
-    Usage,
-)
 from .serving import rag_targets
 
 router = APIRouter(dependencies=[Depends(require_key)])

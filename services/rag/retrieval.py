@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from inferag_protocol.rag import Fusion, Hit, MetadataFilter, RetrievalMode
 from services.common.errors import InvalidRequest
 from services.embeddings.client import Embedder, Reranker
 
@@ -19,7 +20,6 @@ from .graph.fusion import rrf
 from .graph.service import GraphService
 from .metrics import Timings
 from .store import VectorStore
-from .types import Fusion, Hit, MetadataFilter, RetrievalMode
 
 GRAPH_MODES = ("graph", "hybrid+graph")
 # hits of each list fused in hybrid+graph, per hit asked (Qdrant's hybrid prefetches 4 * top_k)

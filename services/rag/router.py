@@ -15,20 +15,11 @@ from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
-from services.common.errors import InvalidRequest, NotFound
-from services.common.http import cancel_on_disconnect
-from services.common.protocol import error_responses, sse_response_doc
-from services.common.service import require_key
-from services.common.sse import sse_response, typed_events
-from services.generation.protocol import ChatCompletionRequest
-
-from . import serving
-from .dependencies import Rag, caller
-from .metrics import Timings
-from .protocol import (
+from inferag_protocol.rag import (
     ChunkRequest,
     ChunkResponse,
     CollectionCreate,
+    CollectionInfo,
     CollectionList,
     Deleted,
     DocumentDetail,
@@ -44,8 +35,17 @@ from .protocol import (
     RetrieveRequest,
     RetrieveResponse,
 )
+from services.common.errors import InvalidRequest, NotFound
+from services.common.http import cancel_on_disconnect
+from services.common.protocol import error_responses, sse_response_doc
+from services.common.service import require_key
+from services.common.sse import sse_response, typed_events
+from services.generation.protocol import ChatCompletionRequest
+
+from . import serving
+from .dependencies import Rag, caller
+from .metrics import Timings
 from .serving import RAG_MODEL_PREFIX
-from .types import CollectionInfo
 
 __all__ = ["RAG_MODEL_PREFIX", "router"]
 

@@ -18,16 +18,11 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from services.common.errors import InvalidRequest, ModelNotFound
-from services.common.sse import DONE, sse_data
-from services.generation.protocol import ChatCompletionRequest
-
-from .ingest import Upload
-from .parsing import ParsedDocument, check_url, fetch_options, html_markdown, kind_of, parse_options
-from .protocol import (
+from inferag_protocol.rag import (
     ChunkRequest,
     ChunkResponse,
     CitationsEvent,
+    CollectionInfo,
     CollectionName,
     DeltaEvent,
     DocumentIn,
@@ -42,9 +37,14 @@ from .protocol import (
     RerankResponse,
     RerankResult,
 )
+from services.common.errors import InvalidRequest, ModelNotFound
+from services.common.sse import DONE, sse_data
+from services.generation.protocol import ChatCompletionRequest
+
+from .ingest import Upload
+from .parsing import ParsedDocument, check_url, fetch_options, html_markdown, kind_of, parse_options
 from .service import RagService
 from .settings import RagSettings
-from .types import CollectionInfo
 
 RAG_MODEL_PREFIX = "rag:"
 # As many as a query may name (QueryRequest.collections).

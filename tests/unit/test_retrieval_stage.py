@@ -8,13 +8,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from inferag_protocol.rag import Hit, QueryRequest
 from services.rag.answer import Answerer
 from services.rag.metrics import RagMetrics, Timings
-from services.rag.protocol import QueryRequest
 from services.rag.retrieval import best_sources, search_depth
 from services.rag.service import KnowledgeBase
 from services.rag.settings import RagSettings
-from services.rag.types import Hit
 
 
 def hit(n: int, score: float) -> Hit:
