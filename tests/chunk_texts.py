@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from services.rag.types import Chunk
+from inferag_protocol.rag import Chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 

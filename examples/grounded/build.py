@@ -536,8 +536,8 @@ class Renderer:
 
     async def hits(self, docs: list[Doc], collection: str) -> list[Any]:
         """Each document's chunks as retrieved hits, in the documents' order (scores decreasing)."""
+        from inferag_protocol.rag import Hit
         from services.rag.chunking import ChunkingParams
-        from services.rag.types import Hit
 
         params = ChunkingParams(
             strategy="recursive", chunk_size=self.settings.chunk_size, chunk_overlap=self.settings.chunk_overlap

@@ -74,7 +74,7 @@ def run(code: Path, adapter: str, sets: list[str], concurrency: int) -> dict[str
                 name = Path(folder).name.replace("-", "")
                 started = time.perf_counter()
                 out = subprocess.run(
-                    [sys.executable, "-m", "clients.cli", "eval", folder, "-c", name, "--configs", "hybrid",
+                    [sys.executable, "-m", "services.cli", "eval", folder, "-c", name, "--configs", "hybrid",
                      "--concurrency", str(concurrency), "--timeout", "3600", "--url", url, "--json"],
                     cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=True,
                 )  # fmt: skip

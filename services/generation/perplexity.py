@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import math
 
+from inferag_protocol.perplexity import PerplexityData, PerplexityRequest, PerplexityResponse, PerplexityUsage
 from services.common.errors import InvalidRequest
 
 from .engines.base import TokenLogprob
-from .protocol import PerplexityData, PerplexityRequest, PerplexityResponse, PerplexityUsage
 from .serving import GenerationService
 
 # exp() of more overflows a float (JSON has no infinity): a perplexity this high is reported as exp(700).

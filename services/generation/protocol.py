@@ -11,8 +11,10 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# re-exported: generation's requests and serving use them as their own
+from inferag_protocol.common import INT64_MAX, INT64_MIN, MAX_LOGPROBS, Seed, text_or_items  # noqa: F401
 from services.common.protocol import ModelCardBase
 
 
@@ -20,19 +22,8 @@ def _id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-# vLLM's own bounds for `seed`: an out-of-range seed can kill its engine core.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
-MAX_LOGPROBS = 20
-
-
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
-
-
-def text_or_items(value: Any) -> str:
-    """Tells `str | list` apart before validating, so that an error names the branch that was meant."""
-    return "text" if isinstance(value, str) else "items"
 
 
 # ---------------------------------------------------------------- requests
@@ -384,47 +375,3 @@ class VersionResponse(BaseModel):
     version: str
     engine: str
     engine_version: str | None = None
-
-
-# ---------------------------------------------------------------- perplexity
-
-PerplexityText = Annotated[str, Field(min_length=1)]
-
-
-class PerplexityRequest(_Lenient):
-    model: str
-    input: Annotated[
-        Annotated[PerplexityText, Tag("text")]
-        | Annotated[Annotated[list[PerplexityText], Field(min_length=1, max_length=64)], Tag("items")],
-        Discriminator(text_or_items),
-    ]
-    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = Field(
-        None, description="Also return this many likeliest tokens at each position."
-    )
-    add_special_tokens: bool = Field(True, description="Add the tokenizer's special tokens (BOS...) first.")
-
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
-
-
-class PerplexityData(BaseModel):
-    object: Literal["perplexity"] = "perplexity"
-    index: int
-    tokens: list[str]
-    token_logprobs: list[float | None] = Field(description="None for the first token: nothing predicts it.")
-    top_logprobs: list[dict[str, float] | None] | None = None
-    logprob: float = Field(description="Sum of the token logprobs (the first token left out).")
-    nll: float = Field(description="Mean negative logprob per scored token, in nats.")
-    perplexity: float = Field(description="exp(nll).")
-
-
-class PerplexityUsage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class PerplexityResponse(BaseModel):
-    object: Literal["list"] = "list"
-    model: str
-    data: list[PerplexityData]
-    usage: PerplexityUsage

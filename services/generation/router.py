@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from inferag_protocol.perplexity import PerplexityRequest, PerplexityResponse
 from services.common.http import cancel_on_disconnect
 from services.common.protocol import error_responses, sse_response_doc
 from services.common.service import keyed_router, service_dependency
@@ -23,8 +24,6 @@ from .protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
     ModelList,
-    PerplexityRequest,
-    PerplexityResponse,
     TokenizeRequest,
     TokenizeResponse,
     VersionResponse,

@@ -15,6 +15,19 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
+from inferag_protocol.rag import (
+    Citation,
+    CitationsEvent,
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    Hit,
+    QueryEvent,
+    QueryRequest,
+    QueryResponse,
+    RetrievalEvent,
+    Usage,
+)
 from services.common.errors import error_for
 from services.common.http import peeked
 from services.generation.protocol import ChatCompletionChunk, ChatCompletionRequest
@@ -24,21 +37,8 @@ from .context import Embedder, SourceContext, select_context
 from .generator import Generator
 from .metrics import RagMetrics, Timings
 from .prompt import NO_ANSWER, answer_messages
-from .protocol import (
-    Citation,
-    CitationsEvent,
-    DeltaEvent,
-    DoneEvent,
-    ErrorEvent,
-    QueryEvent,
-    QueryRequest,
-    QueryResponse,
-    RetrievalEvent,
-    Usage,
-)
 from .retrieval import Retriever
 from .settings import RagSettings
-from .types import Hit
 
 REWRITE_PROMPT = (
     "Rewrite the user's last question as one standalone search query that can be understood without the "

@@ -13,6 +13,7 @@ from typing import Any, cast, get_args
 from fastapi import APIRouter, Depends, FastAPI, Request
 from prometheus_client import CollectorRegistry
 
+from inferag_protocol.rag import RetrievalMode
 from services.common.logging import setup_logging
 from services.common.service import build_service_app, require_key, serve
 from services.generation.responses.store import ResponseStore
@@ -26,7 +27,6 @@ from .router import caller, get_rag, router
 from .service import KnowledgeBase, Links, RagService, http_links
 from .settings import RagSettings
 from .store import StoreLocked, StoreNeedsMigration, check_folder_free
-from .types import RetrievalMode
 
 
 def api_router(settings: RagSettings) -> APIRouter:

@@ -21,8 +21,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from tokenizers import Encoding, Tokenizer
 
+from inferag_protocol.rag import Chunk
 from services.common.errors import InvalidRequest
-from services.rag.types import Chunk
 
 Strategy = Literal["fixed", "overlap", "recursive", "markdown", "semantic"]
 Embed = Callable[[list[str]], Awaitable[list[list[float]]]]

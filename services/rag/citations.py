@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from inferag_protocol.rag import Citation, Hit, Quote
+
 from .context import Span, overlap, sentence_spans, split_sentences, unit_rows, words
-from .protocol import Citation, Quote
-from .types import Hit
 
 MARKER = re.compile(r"\[\s*(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\s*\]")
 _PARTIAL = re.compile(r"\[[\d,;\s]*")

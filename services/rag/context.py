@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 from segtok.segmenter import split_single
 
-from .types import ContextMode, Hit, StoredChunk
+from inferag_protocol.rag import ContextMode, Hit, StoredChunk
 
 GAP = " … "  # between sentences of one source that are not next to each other in the document
 

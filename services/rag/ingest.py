@@ -15,19 +15,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from inferag_protocol.graph import GraphMode
+from inferag_protocol.rag import Chunk, DocumentInfo, IngestResult, Job, JobError
 from services.common.errors import Conflict, InferagError, InvalidRequest, NotFound, Overloaded
 from services.embeddings.client import Embedder
 
 from .bm25 import BM25Encoder
 from .chunking import Chunker, ChunkingParams, parse_chunking
 from .graph.service import GraphService
-from .graph.types import SETTING, GraphMode
+from .graph.types import SETTING
 from .metrics import RagMetrics
 from .parsing import FetchOptions, ParsedDocument, ParseOptions, fetch_documents, parse_upload
-from .protocol import IngestResult, Job, JobError
 from .settings import RagSettings
 from .store import DocumentWrite, Point, VectorStore
-from .types import Chunk, DocumentInfo
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,17 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from inferag_protocol.rag import (
+    Citation,
+    CitationsEvent,
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    Message,
+    QueryEvent,
+    QueryRequest,
+    Usage,
+)
 from services.common.errors import InvalidRequest
 from services.common.http import cancel_on_disconnect
 from services.common.protocol import error_responses, sse_response_doc
@@ -41,17 +52,6 @@ from services.generation.responses.serving import (
 from services.generation.responses.store import ResponseStore
 
 from .citations import MARKER, marker_numbers
-from .protocol import (
-    Citation,
-    CitationsEvent,
-    DeltaEvent,
-    DoneEvent,
-    ErrorEvent,
-    Message,
-    QueryEvent,
-    QueryRequest,
-    Usage,
-)
 from .router import Rag, caller, rag_targets
 
 router = APIRouter(dependencies=[Depends(require_key)])

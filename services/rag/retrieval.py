@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from inferag_protocol.rag import Fusion, Hit, MetadataFilter, RetrievalMode
 from services.common.errors import InvalidRequest
 from services.embeddings.client import Embedder, Reranker
 
@@ -14,7 +15,6 @@ from .graph.service import GraphService
 from .ingest import Ingestor
 from .metrics import Timings
 from .store import VectorStore
-from .types import Fusion, Hit, MetadataFilter, RetrievalMode
 
 GRAPH_MODES = ("graph", "hybrid+graph")
 # hits of each list fused in hybrid+graph, per hit asked (Qdrant's hybrid prefetches 4 * top_k)

@@ -21,22 +21,12 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
-from services.common.auth import ANONYMOUS, Principal
-from services.common.errors import InvalidRequest, ModelNotFound, NotFound
-from services.common.http import cancel_on_disconnect
-from services.common.protocol import error_responses, sse_response_doc
-from services.common.service import loaded_service, require_key
-from services.common.sse import DONE, sse_data, sse_response, typed_events
-from services.generation.protocol import ChatCompletionRequest
-
-from .ingest import Upload
-from .metrics import Timings
-from .parsing import ParsedDocument, check_url, fetch_options, html_markdown, kind_of, parse_options
-from .protocol import (
+from inferag_protocol.rag import (
     ChunkRequest,
     ChunkResponse,
     CitationsEvent,
     CollectionCreate,
+    CollectionInfo,
     CollectionList,
     CollectionName,
     Deleted,
@@ -60,8 +50,18 @@ from .protocol import (
     RetrieveRequest,
     RetrieveResponse,
 )
+from services.common.auth import ANONYMOUS, Principal
+from services.common.errors import InvalidRequest, ModelNotFound, NotFound
+from services.common.http import cancel_on_disconnect
+from services.common.protocol import error_responses, sse_response_doc
+from services.common.service import loaded_service, require_key
+from services.common.sse import DONE, sse_data, sse_response, typed_events
+from services.generation.protocol import ChatCompletionRequest
+
+from .ingest import Upload
+from .metrics import Timings
+from .parsing import ParsedDocument, check_url, fetch_options, html_markdown, kind_of, parse_options
 from .service import RagService
-from .types import CollectionInfo
 
 RAG_MODEL_PREFIX = "rag:"
 

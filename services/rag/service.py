@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
+from inferag_protocol.rag import CollectionInfo, DocumentInfo, Hit, RetrievalMode, StoredChunk
 from services.common.auth import ANONYMOUS, Principal
 from services.common.errors import InferagError, NotFound, UpstreamUnavailable
 from services.common.request_id import propagate_request_id
@@ -39,7 +40,6 @@ from .retrieval import Retriever
 from .settings import RagSettings
 from .store import VectorStore, open_store
 from .store.snapshots import snapshot_collection_name
-from .types import CollectionInfo, DocumentInfo, Hit, RetrievalMode, StoredChunk
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,10 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from inferag_protocol.graph import GraphMode
+from inferag_protocol.rag import ContextMode
 from services.common.settings import CommonSettings
 from services.common.upstream import Retry
-
-from .graph.types import GraphMode
-from .types import ContextMode
 
 
 class RagSettings(CommonSettings):

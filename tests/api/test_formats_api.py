@@ -16,7 +16,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from clients.sdk import AsyncInferagClient
+from inferag_client import AsyncInferagClient
 from services.gateway.app import Gateway
 from tests import documents as make
 from tests.rag_stack import rag_stack

@@ -18,7 +18,7 @@ from tests.servers import REPO_ROOT, free_port, running
 
 pytestmark = pytest.mark.slow
 
-CLI = [sys.executable, "-m", "clients.cli"]
+CLI = [sys.executable, "-m", "services.cli"]
 
 
 @pytest.fixture(scope="module")

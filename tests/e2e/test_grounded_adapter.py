@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
+from inferag_protocol.rag import Hit
 from services.generation.models import PACKAGED_DEFAULT
 from services.generation.weights.startup import prepare_served_weights, served_adapters
 from services.rag.context import select_context
 from services.rag.prompt import answer_messages
-from services.rag.types import Hit
 
 pytestmark = pytest.mark.slow
 

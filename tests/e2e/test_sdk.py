@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from clients.sdk import (
+from inferag_client import (
     AsyncInferagClient,
     AuthenticationError,
     BadRequest,
@@ -32,7 +33,7 @@ from clients.sdk import (
     RetrievalEvent,
     UnsupportedMediaType,
 )
-from clients.sdk.models import DocumentIn, IngestResult, Job
+from inferag_client.models import DocumentIn, IngestResult, Job
 from tests.e2e.stack import stack, write_docs
 
 pytestmark = pytest.mark.slow
@@ -41,11 +42,18 @@ KEY = "sk-sdk-test"
 KB = "sdk-kb"
 
 
+# One generation slot: a second concurrent generation is answered 429 (Retry-After: 1).
+STACK_ENV = {"INFERAG_API_KEY": KEY, "INFERAG_GEN_MAX_INFLIGHT": "1", "INFERAG_RAG_MAX_UPLOAD_BYTES": "65536"}
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    # One generation slot: a second concurrent generation is answered 429 (Retry-After: 1).
-    env = {"INFERAG_API_KEY": KEY, "INFERAG_GEN_MAX_INFLIGHT": "1", "INFERAG_RAG_MAX_UPLOAD_BYTES": "65536"}
-    with stack(tmp_path_factory.mktemp("sdk"), **env) as url:
+    # SDK_STACK: a stack started with STACK_ENV elsewhere (tests/e2e/test_client_install.py runs these tests
+    # from a venv holding only the client distribution, which cannot start one).
+    if os.environ.get("SDK_STACK"):
+        yield os.environ["SDK_STACK"]
+        return
+    with stack(tmp_path_factory.mktemp("sdk"), **STACK_ENV) as url:
         yield url
 
 

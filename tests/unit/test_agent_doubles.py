@@ -16,8 +16,8 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from pydantic import Field, PrivateAttr
 
+from inferag_protocol.rag import CollectionInfo, DocumentInfo, Hit, StoredChunk
 from services.common.errors import NotFound
-from services.rag.types import CollectionInfo, DocumentInfo, Hit, StoredChunk
 
 
 class ScriptedChatModel(BaseChatModel):

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from inferag_protocol.rag import Citation, CitationsEvent, DeltaEvent, Hit, QueryRequest
 from services.generation.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -26,9 +27,7 @@ from services.rag.answer import Answerer
 from services.rag.citations import CitationFilter, cited_numbers, drop_invalid_markers
 from services.rag.metrics import RagMetrics
 from services.rag.prompt import SYSTEM_PROMPT, answer_messages
-from services.rag.protocol import Citation, CitationsEvent, DeltaEvent, QueryRequest
 from services.rag.settings import RagSettings
-from services.rag.types import Hit
 from tests.unit.test_agent_doubles import bag_of_words
 
 

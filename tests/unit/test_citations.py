@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
+from inferag_protocol.rag import Hit
 from services.rag.citations import Quotable, choose_quotes, claims
-from services.rag.types import Hit
 from tests.unit.test_agent_doubles import bag_of_words
 
 TEXT = ("BERT Large compte 24 couches. Il a environ 340 millions de paramètres. "

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from inferag_protocol.rag import Hit
 from services.rag.context import GAP, SourceContext, select_context, sentence_spans, split_sentences
 from services.rag.prompt import SYSTEM_PROMPT, answer_messages
-from services.rag.types import Hit
 from tests.unit.test_agent_doubles import bag_of_words
 
 

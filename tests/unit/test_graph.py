@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from inferag_protocol.rag import Hit
 from services.rag.graph.fusion import rrf
 from services.rag.graph.index import CollectionGraph, Fragment, Link, Mention
 from services.rag.graph.keyphrase import extract_chunk
@@ -14,7 +15,6 @@ from services.rag.graph.llm import Extraction, schema, to_chunk_graph
 from services.rag.graph.service import fragments_of
 from services.rag.graph.text import entity_id, entity_key, guess_language
 from services.rag.graph.types import ChunkGraph, EntityMention, RelationMention
-from services.rag.types import Hit
 from tests.chunk_texts import ROOT
 
 # ---------------------------------------------------------------------------------------------- names
@@ -214,7 +214,7 @@ def _hit(i: str, **kw: object) -> Hit:
 
 
 def test_rrf_rewards_agreement_and_keeps_graph_evidence() -> None:
-    from services.rag.graph.types import GraphEvidence
+    from inferag_protocol.graph import GraphEvidence
 
     dense, sparse = [_hit("x"), _hit("y")], [_hit("y"), _hit("z")]
     graph = [_hit("w", graph=GraphEvidence()), _hit("y", graph=GraphEvidence())]

@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 import pytest_asyncio
 
+from inferag_protocol.rag import Chunk
 from services.rag.graph import service as graph_service
 from services.rag.graph.service import GraphService
 from services.rag.graph.storage import companion
 from services.rag.store import DocumentWrite, VectorStore, open_store
-from services.rag.types import Chunk
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

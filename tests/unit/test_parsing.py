@@ -313,7 +313,7 @@ def test_the_clients_offer_every_type_the_server_reads() -> None:
     import re
     from pathlib import Path
 
-    from clients.cli import UPLOAD_SUFFIXES
+    from inferag_client.cli import UPLOAD_SUFFIXES
     from services.rag.parsing import EXTENSIONS
 
     assert set(UPLOAD_SUFFIXES) == set(EXTENSIONS)

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+from inferag_protocol.rag import Citation, Quote
 from services.generation.responses.protocol import OutputMessage, OutputText, ResponsesRequest, ResponsesResponse
 from services.generation.responses.serving import FunctionCallOutput, input_messages, output_messages
 from services.generation.responses.store import ResponseNotFound, ResponseStore
-from services.rag.protocol import Citation, Quote
 from services.rag.responses import citation_annotations
 
 

@@ -12,7 +12,7 @@ import json
 import httpx
 import pytest
 
-from clients.sdk import (
+from inferag_client import (
     AsyncInferagClient,
     BadRequest,
     Conflict,
@@ -24,7 +24,6 @@ from clients.sdk import (
     RetrievalEvent,
     UnknownEvent,
 )
-from clients.sdk.events import SSEDecoder, parse_query_event
 
 BUSY = {"error": {"message": "busy", "type": "rate_limit_error", "param": None, "code": "overloaded"}}
 
@@ -44,7 +43,7 @@ def flaky(failures: int, retry_after: str | None = "2") -> tuple[httpx.MockTrans
 
 def test_retry_after_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr("clients.sdk.client.time.sleep", slept.append)
+    monkeypatch.setattr("inferag_client._client.time.sleep", slept.append)
     transport, seen = flaky(2)
     client = InferagClient("http://stack", transport=transport)
     assert client.retrieve("q", collection="c").data == []
@@ -53,7 +52,7 @@ def test_retry_after_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_exponential_backoff_without_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr("clients.sdk.client.time.sleep", slept.append)
+    monkeypatch.setattr("inferag_client._client.time.sleep", slept.append)
     transport, _ = flaky(3, retry_after=None)
     InferagClient("http://stack", transport=transport, backoff=1.0).retrieve("q", collection="c")
     assert len(slept) == 3
@@ -62,7 +61,7 @@ def test_exponential_backoff_without_retry_after(monkeypatch: pytest.MonkeyPatch
 
 
 def test_gives_up_after_max_retries_with_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("clients.sdk.client.time.sleep", lambda _: None)
+    monkeypatch.setattr("inferag_client._client.time.sleep", lambda _: None)
     transport, seen = flaky(10)
     with pytest.raises(RateLimited) as info:
         InferagClient("http://stack", transport=transport, max_retries=2).retrieve("q", collection="c")
@@ -71,7 +70,7 @@ def test_gives_up_after_max_retries_with_retry_after(monkeypatch: pytest.MonkeyP
 
 
 def test_ingest_is_never_repeated(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("clients.sdk.client.time.sleep", lambda _: None)
+    monkeypatch.setattr("inferag_client._client.time.sleep", lambda _: None)
     transport, seen = flaky(1)
     with pytest.raises(RateLimited):
         InferagClient("http://stack", transport=transport).documents.ingest("c", ["text"])
@@ -84,7 +83,7 @@ def test_async_twin_retries_the_same_way(monkeypatch: pytest.MonkeyPatch) -> Non
     async def fake_sleep(delay: float) -> None:
         slept.append(delay)
 
-    monkeypatch.setattr("clients.sdk.async_client.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr("inferag_client._async_client.asyncio.sleep", fake_sleep)
     seen = 0
 
     async def handle(request: httpx.Request) -> httpx.Response:
@@ -136,7 +135,25 @@ def test_sse_decoding_keeps_order_and_types() -> None:
                   "total_tokens": 5}, "timings": {"total": 1.5}, "finish_reason": "stop"}),  # fmt: skip
     ]
     text = "".join(f"event: {name}\ndata: {json.dumps(body)}\n\n" for name, body in events)
-    parsed = [parse_query_event(n, d) for n, d in SSEDecoder().events(text.splitlines())]
+    stream = httpx.MockTransport(
+        lambda request: httpx.Response(200, text=text, headers={"Content-Type": "text/event-stream"})
+    )
+    with InferagClient("http://stack", transport=stream) as client:
+        parsed = list(client.query_stream("q", collection="c"))
     kinds = [type(e) for e in parsed]
     assert kinds == [RetrievalEvent, DeltaEvent, DeltaEvent, UnknownEvent, DoneEvent]
     assert isinstance(parsed[-1], DoneEvent) and parsed[-1].timings == {"total": 1.5}
+
+
+def test_the_sync_client_is_generated_from_the_async_one() -> None:
+    # A route is written once, in _async_client.py; `python clients/unasync_clients.py` writes _client.py.
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "clients" / "unasync_clients.py"
+    spec = importlib.util.spec_from_file_location("unasync_clients", script)
+    assert spec is not None and spec.loader is not None
+    unasync_clients = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(unasync_clients)
+    committed = (unasync_clients.PACKAGE / unasync_clients.TARGET).read_text(encoding="utf-8")
+    assert unasync_clients.generate() == committed, "run `python clients/unasync_clients.py` and commit _client.py"

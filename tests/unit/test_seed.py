@@ -8,10 +8,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from inferag_protocol.rag import QueryRequest
 from services.generation.protocol import INT64_MAX, INT64_MIN, ChatCompletionRequest, CompletionRequest
 from services.generation.responses.protocol import ResponsesRequest
 from services.generation.serving import GenerationService, choice_seed
-from services.rag.protocol import QueryRequest
 from tests.unit.test_reasoning import ScriptedEngine
 
 CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}]}

@@ -25,6 +25,7 @@ import pytest
 import pytest_asyncio
 from qdrant_client import models
 
+from inferag_protocol.rag import Chunk, DocumentInfo
 from services.common.errors import Conflict, InvalidRequest, NotFound, UpstreamUnavailable
 from services.rag.bm25 import BM25Encoder, tokenize
 from services.rag.store import (
@@ -37,7 +38,6 @@ from services.rag.store import (
     registry_name,
 )
 from services.rag.store import documents as protocol
-from services.rag.types import Chunk, DocumentInfo
 
 DIM = 16
 MODEL = "hash-16"

@@ -227,8 +227,8 @@ def _point_id(i: int) -> str:
 
 
 def _documents(vectors: list[list[float]], first: int = 0) -> list[Any]:
+    from inferag_protocol.rag import Chunk
     from services.rag.store import DocumentWrite
-    from services.rag.types import Chunk
 
     return [DocumentWrite(doc_id=f"d{first + i}", source=None, metadata=None,
                           chunks=[Chunk(text=f"text {first + i}", start=0, end=8, tokens=2)], dense=[v])

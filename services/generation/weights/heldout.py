@@ -42,9 +42,10 @@ async def _score(model_path: str, texts: list[str], num_threads: int | None) -> 
     from prometheus_client import CollectorRegistry
     from transformers import AutoTokenizer
 
+    from inferag_protocol.perplexity import PerplexityRequest
+
     from ..engines.transformers_engine import TransformersEngine
     from ..perplexity import perplexity
-    from ..protocol import PerplexityRequest
     from ..serving import GenerationService
 
     engine = TransformersEngine(model_path, model_id="heldout", num_threads=num_threads)

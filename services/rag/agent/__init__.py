@@ -1,7 +1,6 @@
 """The RAG agent: a LangGraph tool loop over the knowledge base, native tool calls or ReAct text."""
 
-from .kb import KnowledgeBase
-from .protocol import (
+from inferag_protocol.agent import (
     AgentEvent,
     AgentRequest,
     AgentResponse,
@@ -15,6 +14,8 @@ from .protocol import (
     ToolCallEvent,
     ToolResultEvent,
 )
+
+from .kb import KnowledgeBase
 from .router import AgentRoutes, make_agent_router
 from .serving import agent_response, collect_response, run_agent
 from .tools import REGISTRY, AgentTool, ToolContext

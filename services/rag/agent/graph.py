@@ -33,11 +33,19 @@ from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
+from inferag_protocol.agent import (
+    AgentTimings,
+    AgentUsage,
+    DeltaEvent,
+    ErrorEvent,
+    ThoughtEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+)
 from services.common.errors import InferagError, InvalidRequest, NotFound, Overloaded, UpstreamUnavailable
 from services.rag.citations import MARKER, cited_numbers
 
 from . import react
-from .protocol import AgentTimings, AgentUsage, DeltaEvent, ErrorEvent, ThoughtEvent, ToolCallEvent, ToolResultEvent
 from .tools import AgentTool, ToolContext
 
 log = logging.getLogger(__name__)

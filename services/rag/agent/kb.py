@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from services.rag.types import CollectionInfo, DocumentInfo, Hit, StoredChunk
+from inferag_protocol.rag import CollectionInfo, DocumentInfo, Hit, StoredChunk
 
 
 class KnowledgeBase(Protocol):

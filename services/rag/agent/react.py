@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from inferag_protocol.rag import Citation
 from services.rag.prompt import fence
-from services.rag.protocol import Citation
 
 from .tools import AgentTool
 from .tools.base import one_line

@@ -11,13 +11,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from langchain_core.language_models import BaseChatModel
 
+from inferag_protocol.agent import AgentEvent, AgentRequest, AgentResponse, ErrorEvent
 from services.common.errors import error_for
 from services.common.http import cancel_on_disconnect, peeked
 from services.common.protocol import error_responses, sse_response_doc
 from services.common.sse import sse_event, sse_response
 
 from .kb import KnowledgeBase
-from .protocol import AgentEvent, AgentRequest, AgentResponse, ErrorEvent
 from .serving import agent_response, run_agent
 
 GetKB = Callable[[Request], KnowledgeBase | Awaitable[KnowledgeBase]]

@@ -16,13 +16,7 @@ from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 
-from services.common.errors import InvalidRequest
-from services.rag.types import ContextMode
-
-from . import react
-from .graph import AGENT_GRAPH, NATIVE_PROMPT, AgentState, RunContext
-from .kb import KnowledgeBase
-from .protocol import (
+from inferag_protocol.agent import (
     AgentEvent,
     AgentRequest,
     AgentResponse,
@@ -37,6 +31,12 @@ from .protocol import (
     ToolCallEvent,
     ToolResultEvent,
 )
+from inferag_protocol.rag import ContextMode
+from services.common.errors import InvalidRequest
+
+from . import react
+from .graph import AGENT_GRAPH, NATIVE_PROMPT, AgentState, RunContext
+from .kb import KnowledgeBase
 from .sources import SourceBook
 from .tools import REGISTRY, AgentTool, ToolContext
 

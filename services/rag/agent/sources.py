@@ -7,10 +7,9 @@ The sentences shown of each source are what its quote is chosen from.
 
 from __future__ import annotations
 
+from inferag_protocol.rag import Citation, Quote, StoredChunk
 from services.rag.citations import Embed, Quotable, choose_quotes, cited_numbers
 from services.rag.context import Span, sentence_spans
-from services.rag.protocol import Citation, Quote
-from services.rag.types import StoredChunk
 
 
 class SourceBook:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..types import Hit
+from inferag_protocol.rag import Hit
 
 # Qdrant's own RRF constant (what `hybrid` fuses dense and sparse with), so that hybrid+graph with an
 # empty graph list ranks exactly as hybrid does.

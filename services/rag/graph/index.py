@@ -24,8 +24,7 @@ from typing import Any
 
 import networkx as nx
 
-from .text import entity_id, entity_key, key_words
-from .types import (
+from inferag_protocol.graph import (
     EntityDetail,
     EntityInfo,
     EntityRef,
@@ -34,6 +33,8 @@ from .types import (
     Relation,
     RelationRef,
 )
+
+from .text import entity_id, entity_key, key_words
 
 ChunkKey = tuple[str, int]  # (doc_id, chunk_index)
 

@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from inferag_protocol.graph import EntityDetail, EntityList, GraphStats
 from services.common.protocol import error_responses
 from services.common.service import require_key
 
 from ..router import Rag, caller
-from .types import EntityDetail, EntityList, GraphStats
 
 router = APIRouter(dependencies=[Depends(require_key)], tags=["rag"])
 # 409: the collection has no knowledge graph

@@ -16,15 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from inferag_protocol.graph import GRAPH_MODES, EntityDetail, EntityList, GraphMode, GraphStats
+from inferag_protocol.rag import DocumentInfo, Hit, MetadataFilter, StoredChunk
 from services.common.errors import Conflict, InvalidRequest, NotFound
 
 from ..store import chunk_point_id
-from ..types import DocumentInfo, Hit, MetadataFilter, StoredChunk
 from .index import CollectionGraph, Fragment, Link, Mention
 from .keyphrase import KeyphraseExtractor
 from .storage import GraphStorage
 from .text import entity_key
-from .types import GRAPH_MODES, SETTING, ChunkGraph, EntityDetail, EntityList, GraphMode, GraphStats
+from .types import SETTING, ChunkGraph
 
 log = logging.getLogger(__name__)
 

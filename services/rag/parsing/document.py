@@ -11,8 +11,8 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from inferag_protocol.rag import Chunk
 from services.common.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from services.rag.types import Chunk
 
 if TYPE_CHECKING:
     from services.rag.chunking import Chunker, ChunkingParams

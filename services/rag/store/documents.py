@@ -32,9 +32,9 @@ from typing import Any
 
 from qdrant_client import models
 
+from inferag_protocol.rag import Chunk, DocumentInfo
 from services.common.errors import InvalidRequest
 
-from ..types import Chunk, DocumentInfo
 from .backend import Backend, Point, Record, SparseVector, payload_of
 from .filters import LIVE, STAGED, match
 

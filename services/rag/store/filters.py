@@ -6,9 +6,9 @@ import math
 
 from qdrant_client import models
 
+from inferag_protocol.rag import MetadataFilter
 from services.common.errors import InvalidRequest
 
-from ..types import MetadataFilter
 from .backend import PayloadSchema
 
 STAGED = "staged"

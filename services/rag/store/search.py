@@ -6,7 +6,8 @@ from typing import Any
 
 from qdrant_client import models
 
-from ..types import Fusion, Hit, RetrievalMode
+from inferag_protocol.rag import Fusion, Hit, RetrievalMode
+
 from .backend import Backend, Nearest, Record, SparseVector, payload_of
 from .documents import DENSE, SPARSE, registry_versions
 

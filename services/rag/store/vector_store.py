@@ -25,9 +25,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from qdrant_client import models
 
+from inferag_protocol.rag import (
+    Chunk,
+    CollectionInfo,
+    DocumentInfo,
+    Fusion,
+    Hit,
+    MetadataFilter,
+    RetrievalMode,
+    StoredChunk,
+)
 from services.common.errors import Conflict, InvalidRequest, NotFound, NotReady
 
-from ..types import Chunk, CollectionInfo, DocumentInfo, Fusion, Hit, MetadataFilter, RetrievalMode, StoredChunk
 from . import documents, recovery, snapshots
 from .backend import Backend, CollectionSpec, Nearest, Point, Record, SparseVector
 from .documents import DENSE, SPARSE, Staged, registry_name

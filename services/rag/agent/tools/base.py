@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from services.rag.types import ContextMode
+from inferag_protocol.rag import ContextMode
 
 from ..kb import KnowledgeBase
 from ..sources import SourceBook

@@ -1,24 +1,30 @@
-"""The asynchronous client: `AsyncInferagClient`, the same surface as `InferagClient` with `await`."""
+"""The clients, written once: this file is `AsyncInferagClient`; `_client.py` (`InferagClient`) is generated
+from it by `python clients/unasync_clients.py` (unasync: `await` dropped, `Async*` names made sync; a test
+checks the two agree). Edit this file, then regenerate.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
+from time import monotonic
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, Unpack
 
 import httpx
+from httpx_sse import EventSource
 
-from services.generation.protocol import PerplexityResponse
-from services.rag.graph.types import EntityDetail, EntityList, GraphStats
-from services.rag.protocol import (
+from inferag_protocol.graph import EntityDetail, EntityList, GraphStats
+from inferag_protocol.perplexity import PerplexityResponse
+from inferag_protocol.rag import (
     ChunkResponse,
+    CollectionInfo,
     CollectionList,
     Deleted,
     DocumentDetail,
     DocumentList,
+    Hit,
     IngestResult,
     Job,
     JobList,
@@ -26,12 +32,21 @@ from services.rag.protocol import (
     RerankResponse,
     RetrieveResponse,
 )
-from services.rag.types import CollectionInfo, Hit
 
 from . import _core
-from ._core import Call, ClientBase, DocumentLike, FileLike, MessageLike, error_from_response
+from ._core import (
+    AsyncProgress,
+    Call,
+    ClientBase,
+    DocumentLike,
+    FileLike,
+    IngestOptions,
+    MessageLike,
+    UploadOptions,
+    error_from_response,
+)
 from .errors import ConnectionFailed, error_for_body
-from .events import AgentStreamEvent, QueryStreamEvent, SSEDecoder, error_of, parse_agent_event, parse_query_event
+from .events import AgentStreamEvent, QueryStreamEvent, error_of, parse_agent_event, parse_query_event
 from .models import AgentResponse, Health, ModelList, Readiness
 
 T = TypeVar("T")
@@ -39,7 +54,7 @@ E = TypeVar("E")
 
 
 class AsyncStream(Generic[E]):
-    """Typed events of one streaming answer: `async for event in stream`; `async with` closes it early."""
+    """Typed events of one streaming answer: iterate it; as a context manager, leaving the block closes it."""
 
     def __init__(self, response: httpx.Response, parse: Callable[[str | None, str], E]):
         self.response = response
@@ -48,10 +63,10 @@ class AsyncStream(Generic[E]):
 
     async def _iterate(self) -> AsyncGenerator[E, None]:
         try:
-            async for name, data in SSEDecoder().aevents(self.response.aiter_lines()):
-                if data.strip() == "[DONE]":
+            async for sse in EventSource(self.response).aiter_sse():
+                if sse.data.strip() == "[DONE]":
                     break
-                event = self._parse(name, data)
+                event = self._parse(sse.event, sse.data)
                 error = error_of(event)
                 if error is not None:
                     raise error_for_body(error)
@@ -95,12 +110,11 @@ class AsyncCollections:
 
     async def snapshot(self, name: str, path: FileLike | None = None) -> Path:
         """Save a snapshot of the collection to `path` (default `<name>.snapshot.tar.gz` here); returns the path."""
-        call = _core.snapshot_collection(name, path or f"{name}.snapshot.tar.gz")
-        return await self._c._request(call)
+        return await self._c._request(_core.snapshot_collection(name, path or f"{name}.snapshot.tar.gz"))
 
     async def restore(self, path: FileLike, name: str | None = None) -> CollectionInfo:
         """Restore a snapshot file as a new collection (`name`, default the snapshot's)."""
-        return await self._c._request(await asyncio.to_thread(_core.restore_collection, path, name))
+        return await self._c._request(await _core.arun_blocking(_core.restore_collection, path, name))
 
 
 class AsyncDocuments:
@@ -108,35 +122,19 @@ class AsyncDocuments:
         self._c = client
 
     async def ingest(
-        self,
-        collection: str,
-        documents: DocumentLike | Sequence[DocumentLike],
-        *,
-        metadata: Mapping[str, Any] | None = None,
-        chunking: Mapping[str, Any] | None = None,
-        background: bool | None = None,
+        self, collection: str, documents: DocumentLike | Sequence[DocumentLike], **options: Unpack[IngestOptions]
     ) -> IngestResult | Job:
-        call = _core.ingest(collection, documents, metadata=metadata, chunking=chunking, background=background)
-        return await self._c._request(call)
+        """Ingest texts (str) or `DocumentIn`s; a `Job` comes back when it runs in the background.
+        Options: metadata (added to each document's), chunking, background."""
+        return await self._c._request(_core.ingest(collection, documents, **options))
 
     async def upload(
-        self,
-        collection: str,
-        paths: FileLike | Sequence[FileLike],
-        *,
-        metadata: Mapping[str, Any] | None = None,
-        chunking: Mapping[str, Any] | None = None,
-        background: bool | None = None,
-        text_field: str | None = None,
+        self, collection: str, paths: FileLike | Sequence[FileLike], **options: Unpack[UploadOptions]
     ) -> IngestResult | Job:
-        """Upload files of any supported type (README: formats) as multipart; `metadata` applies to each,
-        `text_field` names the text of JSON records."""
-        # Reading the files blocks: off the event loop.
-        call = await asyncio.to_thread(
-            _core.upload, collection, paths, metadata=metadata, chunking=chunking, background=background,
-            text_field=text_field,
-        )  # fmt: skip
-        return await self._c._request(call)
+        """Upload files of any supported type (README: formats) as multipart; options as `ingest`'s (`metadata`
+        applies to each file), and `text_field`, the text of JSON records."""
+        # Reading the files blocks (the async client reads them off the event loop).
+        return await self._c._request(await _core.arun_blocking(_core.upload, collection, paths, **options))
 
     async def list(self, collection: str, *, limit: int | None = None, offset: int | None = None) -> DocumentList:
         return await self._c._request(_core.list_documents(collection, limit, offset))
@@ -187,27 +185,28 @@ class AsyncJobs:
         self,
         job_id: str,
         *,
-        on_progress: Callable[[Job], object] | Callable[[Job], Awaitable[object]] | None = None,
+        on_progress: AsyncProgress | None = None,
         poll_interval: float = 0.5,
-        timeout: float | None = None,  # noqa: ASYNC109 (the same surface as the sync client)
+        timeout: float | None = None,  # noqa: ASYNC109 (one surface for both clients)
     ) -> Job:
-        """Poll until the job has finished; `on_progress` (plain or async) sees every poll."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Poll until the job has finished (succeeded, failed or partial); `on_progress` sees every poll
+        (the async client's may be a coroutine function)."""
+        deadline = None if timeout is None else monotonic() + timeout
         while True:
             job = await self.get(job_id)
             if on_progress is not None:
-                result = on_progress(job)
-                if isinstance(result, Awaitable):
-                    await result
+                await _core.anotify(on_progress, job)
             if _core.job_finished(job):
                 return job
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
             await asyncio.sleep(poll_interval)
 
 
 class AsyncInferagClient(ClientBase):
-    """Async twin of `InferagClient` (same arguments, same resources, `await` on each call)."""
+    """Client of every route of the stack. Base URL: argument, `INFERAG_BASE_URL` or http://127.0.0.1:8000;
+    key: argument or `INFERAG_API_KEY`. Use the official `openai` package for `/v1/chat` and `/v1/embeddings`
+    (`openai.OpenAI(**client.openai_options())`)."""
 
     def __init__(
         self,
@@ -282,11 +281,13 @@ class AsyncInferagClient(ClientBase):
     async def chunk(
         self, text: str, *, format: str = "text", chunking: Mapping[str, Any] | None = None
     ) -> ChunkResponse:
+        """Split a text as ingestion would (`/rag/chunk`)."""
         return await self._request(_core.chunk(text, format=format, chunking=chunking))
 
     async def retrieve(
         self, query: str, *, collection: str | None = None, collections: Sequence[str] | None = None, **options: Any
     ) -> RetrieveResponse:
+        """Ranked chunks (`/rag/retrieve`); options: top_k, mode, fusion, filter, score_threshold."""
         call = _core.retrieve(query, collection=collection, collections=collections, options=options)
         return await self._request(call)
 
@@ -298,6 +299,7 @@ class AsyncInferagClient(ClientBase):
         hits: Sequence[Hit | Mapping[str, Any]] | None = None,
         top_n: int | None = None,
     ) -> RerankResponse:
+        """Rank passages, or the hits of a retrieval, against the query (`/rag/rerank`)."""
         return await self._request(_core.rerank(query, documents, hits=hits, top_n=top_n))
 
     async def query(
@@ -309,6 +311,7 @@ class AsyncInferagClient(ClientBase):
         messages: Sequence[MessageLike] | None = None,
         **options: Any,
     ) -> QueryResponse:
+        """An answer with citations (`/rag/query`); options: top_k, rerank_top_n, mode, model, max_tokens, ..."""
         call = _core.query(
             query, messages=messages, collection=collection, collections=collections, stream=False, options=options
         )
@@ -323,6 +326,7 @@ class AsyncInferagClient(ClientBase):
         messages: Sequence[MessageLike] | None = None,
         **options: Any,
     ) -> AsyncStream[QueryStreamEvent]:
+        """The answer as events: `retrieval`, `delta`..., `citations`, `done` (an `error` event is raised)."""
         call = _core.query(
             query, messages=messages, collection=collection, collections=collections, stream=True, options=options
         )
@@ -337,6 +341,7 @@ class AsyncInferagClient(ClientBase):
         messages: Sequence[MessageLike] | None = None,
         **options: Any,
     ) -> AgentResponse:
+        """The agent's answer (`/rag/agent`); options: tools, max_steps, model, ..."""
         call = _core.agent(
             query, messages=messages, collection=collection, collections=collections, stream=False, options=options
         )
@@ -351,6 +356,7 @@ class AsyncInferagClient(ClientBase):
         messages: Sequence[MessageLike] | None = None,
         **options: Any,
     ) -> AsyncStream[AgentStreamEvent]:
+        """The agent's steps as events: `thought`, `tool_call`, `tool_result`, `delta`, `citations`, `done`."""
         call = _core.agent(
             query, messages=messages, collection=collection, collections=collections, stream=True, options=options
         )

@@ -1,6 +1,6 @@
 """Python SDK of the inferag stack: `InferagClient` (sync) and `AsyncInferagClient` over httpx.
 
-    from clients.sdk import InferagClient
+    from inferag_client import InferagClient
     with InferagClient() as client:            # INFERAG_BASE_URL / INFERAG_API_KEY from the environment
         client.documents.ingest("notes", ["Qdrant stores the vectors."])
         print(client.query("Where are vectors stored?", collection="notes").answer)
@@ -9,8 +9,8 @@ Chat and embeddings are the OpenAI API: use the official `openai` package
 (`openai.OpenAI(**client.openai_options())`).
 """
 
-from .async_client import AsyncInferagClient, AsyncStream
-from .client import InferagClient, Stream
+from ._async_client import AsyncInferagClient, AsyncStream
+from ._client import InferagClient, Stream
 from .errors import (
     AuthenticationError,
     BadRequest,

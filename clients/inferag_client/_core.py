@@ -1,36 +1,41 @@
 """What the sync and async clients share: every route as a `Call` (request plus parser), the retry policy.
 
 A resource method of either client only builds a `Call` here and hands it to its client's
-`_request`/`_stream`; the two clients differ only in how they wait on the network.
+`_request`/`_stream`; the two clients differ only in how they wait (`_client.py` is generated from
+`_async_client.py`; the few helpers below come in an async and a sync form for that).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import mimetypes
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
 
-from services.generation.protocol import PerplexityRequest, PerplexityResponse
-from services.rag.agent.protocol import AgentRequest, AgentResponse
-from services.rag.graph.types import EntityDetail, EntityList, GraphStats
-from services.rag.protocol import (
+from inferag_protocol.agent import AgentRequest, AgentResponse
+from inferag_protocol.graph import EntityDetail, EntityList, GraphStats
+from inferag_protocol.perplexity import PerplexityRequest, PerplexityResponse
+from inferag_protocol.rag import (
     ChunkRequest,
     ChunkResponse,
     CollectionCreate,
+    CollectionInfo,
     CollectionList,
     Deleted,
     DocumentDetail,
     DocumentIn,
     DocumentList,
+    Hit,
     IngestRequest,
     IngestResult,
     Job,
@@ -43,7 +48,6 @@ from services.rag.protocol import (
     RetrieveRequest,
     RetrieveResponse,
 )
-from services.rag.types import CollectionInfo, Hit
 
 from .errors import InferagError, error_for_status
 from .models import Health, ModelList, Readiness
@@ -68,6 +72,8 @@ FILE_TYPES = {
 }  # fmt: skip
 
 DocumentLike = str | DocumentIn | Mapping[str, Any]
+SyncProgress = Callable[[Job], object]
+AsyncProgress = Callable[[Job], object] | Callable[[Job], Awaitable[object]]
 MessageLike = Message | Mapping[str, str]
 FileLike = str | os.PathLike[str]
 
@@ -97,6 +103,25 @@ def _body(model: BaseModel) -> dict[str, Any]:
 
 def _seg(value: str) -> str:
     return quote(value, safe="")
+
+
+async def arun_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Blocking work (reading files) off the event loop."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def run_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return fn(*args, **kwargs)
+
+
+async def anotify(callback: AsyncProgress, job: Job) -> None:
+    result = callback(job)
+    if inspect.isawaitable(result):
+        await result
+
+
+def notify(callback: SyncProgress, job: Job) -> None:
+    callback(job)
 
 
 def error_from_response(response: httpx.Response) -> InferagError:
@@ -163,32 +188,34 @@ def _document(doc: DocumentLike, metadata: Mapping[str, Any] | None) -> Document
     return DocumentIn.model_validate(doc)
 
 
+class IngestOptions(TypedDict, total=False):
+    """How `documents.ingest` / `documents.upload` store what they send."""
+
+    metadata: Mapping[str, Any] | None  # added to every document's metadata
+    chunking: Mapping[str, Any] | None  # ChunkingParams; default: the service's
+    background: bool | None  # run as a job (202); default: only for large requests
+
+
+class UploadOptions(IngestOptions, total=False):
+    text_field: str | None  # the text of JSON records
+
+
 def ingest(
-    collection: str,
-    documents: DocumentLike | Sequence[DocumentLike],
-    *,
-    metadata: Mapping[str, Any] | None = None,
-    chunking: Mapping[str, Any] | None = None,
-    background: bool | None = None,
+    collection: str, documents: DocumentLike | Sequence[DocumentLike], **options: Unpack[IngestOptions]
 ) -> Call[IngestResult | Job]:
     docs = [documents] if isinstance(documents, str | DocumentIn | Mapping) else list(documents)
+    chunking = options.get("chunking")
     request = IngestRequest(
-        documents=[_document(d, metadata) for d in docs],
+        documents=[_document(d, options.get("metadata")) for d in docs],
         chunking=dict(chunking) if chunking is not None else None,
-        background=background,
+        background=options.get("background"),
     )
     body = request.model_dump(mode="json", exclude_none=True)
     return Call("POST", f"/rag/collections/{_seg(collection)}/documents", _ingested, json=body, idempotent=False)
 
 
 def upload(
-    collection: str,
-    paths: FileLike | Sequence[FileLike],
-    *,
-    metadata: Mapping[str, Any] | None = None,
-    chunking: Mapping[str, Any] | None = None,
-    background: bool | None = None,
-    text_field: str | None = None,
+    collection: str, paths: FileLike | Sequence[FileLike], **options: Unpack[UploadOptions]
 ) -> Call[IngestResult | Job]:
     """Reads the files now (blocking; the async client runs this in a thread)."""
     import json
@@ -200,10 +227,10 @@ def upload(
         kind = FILE_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         files.append(("files", (path.name, path.read_bytes(), kind)))
     data: dict[str, str] = {}
-    if metadata is not None:
-        data["metadata"] = json.dumps(dict(metadata))
-    if chunking is not None:
-        data["chunking"] = json.dumps(dict(chunking))
+    for key, value in (("metadata", options.get("metadata")), ("chunking", options.get("chunking"))):
+        if value is not None:
+            data[key] = json.dumps(dict(value))
+    background, text_field = options.get("background"), options.get("text_field")
     if background is not None:
         data["background"] = "true" if background else "false"
     if text_field is not None:
@@ -288,7 +315,10 @@ def _question(
     return values
 
 
-def query(
+def _ask(
+    route: str,
+    request: type[QueryRequest] | type[AgentRequest],
+    answer: type[M],
     query: str | None,
     *,
     messages: Sequence[MessageLike] | None,
@@ -296,26 +326,21 @@ def query(
     collections: Sequence[str] | None,
     stream: bool,
     options: Mapping[str, Any],
-) -> Call[QueryResponse]:
+    idempotent: bool,
+) -> Call[M]:
     values = {**_question(query, messages, collection, collections), **options, "stream": stream}
-    request = QueryRequest.model_validate(values)
+    body = _body(request.model_validate(values))
+    return Call("POST", route, _model(answer), json=body, idempotent=idempotent)
+
+
+def query(query: str | None, *, stream: bool, **question: Any) -> Call[QueryResponse]:
     # A stream is not repeated: part of it may already have been read when it fails.
-    return Call("POST", "/rag/query", _model(QueryResponse), json=_body(request), idempotent=not stream)
+    return _ask("/rag/query", QueryRequest, QueryResponse, query, stream=stream, idempotent=not stream, **question)
 
 
-def agent(
-    query: str | None,
-    *,
-    messages: Sequence[MessageLike] | None,
-    collection: str | None,
-    collections: Sequence[str] | None,
-    stream: bool,
-    options: Mapping[str, Any],
-) -> Call[AgentResponse]:
+def agent(query: str | None, *, stream: bool, **question: Any) -> Call[AgentResponse]:
     # The agent's tools may act (not only read), so it is never repeated.
-    values = {**_question(query, messages, collection, collections), **options, "stream": stream}
-    request = AgentRequest.model_validate(values)
-    return Call("POST", "/rag/agent", _model(AgentResponse), json=_body(request), idempotent=False)
+    return _ask("/rag/agent", AgentRequest, AgentResponse, query, stream=stream, idempotent=False, **question)
 
 
 def graph_stats(collection: str) -> Call[GraphStats]:
@@ -349,6 +374,14 @@ def perplexity(
         values["top_logprobs"] = top_logprobs
     request = PerplexityRequest.model_validate(values)
     return Call("POST", "/v1/perplexity", _model(PerplexityResponse), json=_body(request))
+
+
+def chat_stream(model: str, messages: Sequence[Mapping[str, str]], max_tokens: int | None = None) -> Call[Any]:
+    """`/v1/chat/completions` streamed (the CLI's plain chat; the SDK's users call it with the `openai` package)."""
+    body: dict[str, Any] = {"model": model, "messages": [dict(m) for m in messages], "stream": True}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return Call("POST", "/v1/chat/completions", lambda response: response.json(), json=body, idempotent=False)
 
 
 def models() -> Call[ModelList]:

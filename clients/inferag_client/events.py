@@ -1,20 +1,19 @@
 """Typed events of the streaming routes (`/rag/query` and `/rag/agent` with `"stream": true`).
 
-Each SSE event is `event: <type>` plus a JSON object with the same `"type"`; `parse_query_event` /
-`parse_agent_event` turn it into one of the models below (an `UnknownEvent` for a type this SDK does not know,
-so an older SDK keeps working against a newer stack).
+Each SSE event (read with httpx-sse) is `event: <type>` plus a JSON object with the same `"type"`;
+`parse_query_event` / `parse_agent_event` turn it into one of the models below (an `UnknownEvent` for a type
+this SDK does not know, so an older SDK keeps working against a newer stack).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from services.rag import protocol as rag_protocol
-from services.rag.agent import protocol as agent_protocol
+from inferag_protocol import agent as agent_protocol
+from inferag_protocol import rag as rag_protocol
 
 
 class _Event(BaseModel):
@@ -97,48 +96,3 @@ def error_of(event: Any) -> dict[str, Any] | None:
     return {
         "error": {"message": message, "type": "internal_error", "param": None, "code": getattr(event, "code", None)}
     }
-
-
-class SSEDecoder:
-    """Turns the lines of a `text/event-stream` into (event name, data) pairs; shared by the sync and async clients."""
-
-    def __init__(self) -> None:
-        self._name: str | None = None
-        self._data: list[str] = []
-
-    def feed(self, line: str) -> tuple[str | None, str] | None:
-        """One line in (without its newline); a complete event out at each blank line."""
-        if not line:
-            if not self._data:
-                self._name = None
-                return None
-            out = (self._name, "\n".join(self._data))
-            self._name, self._data = None, []
-            return out
-        if line.startswith(":"):
-            return None
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "event":
-            self._name = value
-        elif field == "data":
-            self._data.append(value)
-        return None
-
-    def events(self, lines: Iterable[str]) -> Iterator[tuple[str | None, str]]:
-        for line in lines:
-            out = self.feed(line)
-            if out is not None:
-                yield out
-        last = self.feed("")
-        if last is not None:
-            yield last
-
-    async def aevents(self, lines: AsyncIterator[str]) -> AsyncIterator[tuple[str | None, str]]:
-        async for line in lines:
-            out = self.feed(line)
-            if out is not None:
-                yield out
-        last = self.feed("")
-        if last is not None:
-            yield last

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from .common import Strict
 
 # The answer events are /rag/query's own: the agent sends its checked final answer as one delta.
-from services.rag.protocol import Citation, CitationsEvent, DeltaEvent
-from services.rag.types import RetrievalMode
+from .rag import Citation, CitationsEvent, DeltaEvent, RetrievalMode
 
 AgentProtocol = Literal["auto", "native", "react"]
 # unsupported: no supported answer (the model said it does not know, or its answer cited no source it had
@@ -17,16 +18,12 @@ AgentProtocol = Literal["auto", "native", "react"]
 StoppedReason = Literal["answer", "unsupported", "max_steps", "time_limit", "error"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AgentMessage(_Strict):
+class AgentMessage(Strict):
     role: Literal["system", "user", "assistant"]
     content: Annotated[str, Field(max_length=100_000)]
 
 
-class AgentRequest(_Strict):
+class AgentRequest(Strict):
     """`POST /rag/agent`. Exactly one of `query` / `messages`; at least one collection."""
 
     collection: str | None = None

@@ -1,49 +1,99 @@
-"""Wire models of the RAG routes (`/rag/*`).
+"""Wire models of the RAG routes (`/rag/*`) and the records they carry (chunks, documents, hits, collections).
 
 Requests forbid unknown fields (a typo in `top_k` should not silently use the default);
-limits live in the types so a bad value is a 400 before any work.
+limits live in the types so a bad value is a 400 before any work. The orchestrator's parts
+(chunker, store, ingestion, retrieval) pass the records below to one another as they are.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from services.generation.protocol import Seed
+from .common import Seed, Strict, new_id
+from .graph import GraphEvidence, GraphMode
 
-from .graph.types import GraphEvidence, GraphMode
-from .types import (
-    Chunk,
-    CollectionInfo,
-    ContextMode,
-    DocumentInfo,
-    Fusion,
-    Hit,
-    MetadataFilter,
-    RetrievalMode,
-    StoredChunk,
-)
+# ---------------------------------------------------------------- records
+
+# graph: the collection's knowledge graph (services/rag/graph); hybrid+graph: hybrid and graph fused by RRF
+RetrievalMode = Literal["dense", "sparse", "hybrid", "graph", "hybrid+graph"]
+Fusion = Literal["rrf", "dbsf"]
+# What an answer's prompt shows of each source: the sentences closest to the question, or whole chunks.
+ContextMode = Literal["chunks", "sentences"]
+
+# A metadata filter: {"key": value} (equality), {"key": {"any": [v1, v2]}} (any of),
+# {"key": {"gte": 1, "lt": 5}} (range: gt, gte, lt, lte). Keys are metadata keys; the
+# reserved keys `doc_id` and `source` filter on the document itself. All conditions must hold.
+MetadataFilter = dict[str, Any]
+
+
+class Chunk(BaseModel):
+    """A piece of a source text: `source[start:end] == text`."""
+
+    text: str
+    start: int = Field(ge=0, description="Character offset of the first character in the source.")
+    end: int = Field(ge=0, description="Character offset one past the last character.")
+    tokens: int = Field(ge=0, description="Word pieces of the embedding model's tokenizer, special tokens excluded.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Strategy extras, e.g. `headings`.")
+
+
+class DocumentInfo(BaseModel):
+    """A stored document (one entry of the store's document registry)."""
+
+    doc_id: str
+    source: str | None = None
+    chunks: int
+    characters: int = 0
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    version: str
+    ingested_at: float
+
+
+class StoredChunk(BaseModel):
+    """A chunk as kept in the store, with its document's identity."""
+
+    id: str
+    doc_id: str
+    chunk_index: int
+    text: str
+    start: int
+    end: int
+    tokens: int = 0
+    source: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Hit(StoredChunk):
+    """A retrieved chunk and its score (higher is better)."""
+
+    collection: str
+    score: float
+    graph: GraphEvidence | None = Field(None, description="Graph retrieval: the entities and relations behind it.")
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    dimension: int
+    embed_model: str
+    sparse_model: str
+    points: int
+    documents: int
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Given at creation, e.g. {'graph': 'keyphrase'}."
+    )
+
 
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 DocumentFormat = Literal["text", "markdown", "html"]
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 # ---------------------------------------------------------------- collections
 
 
-class CollectionCreate(_Strict):
+class CollectionCreate(Strict):
     name: CollectionName
     graph: GraphMode | None = Field(
         None,
@@ -66,7 +116,7 @@ class Deleted(BaseModel):
 # ---------------------------------------------------------------- chunking and ingestion
 
 
-class ChunkRequest(_Strict):
+class ChunkRequest(Strict):
     text: str
     format: DocumentFormat = "text"
     chunking: dict[str, Any] | None = Field(None, description="ChunkingParams; default: the service's.")
@@ -79,7 +129,7 @@ class ChunkResponse(BaseModel):
     max_tokens: int
 
 
-class DocumentIn(_Strict):
+class DocumentIn(Strict):
     id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
         None, description="Default: derived from the content hash, so the same text is the same document."
     )
@@ -103,7 +153,7 @@ class DocumentIn(_Strict):
         return self
 
 
-class IngestRequest(_Strict):
+class IngestRequest(Strict):
     documents: Annotated[list[DocumentIn], Field(min_length=1)]
     chunking: dict[str, Any] | None = None
     background: bool | None = Field(
@@ -157,7 +207,7 @@ class JobList(BaseModel):
 # ---------------------------------------------------------------- retrieval
 
 
-class _Targets(_Strict):
+class _Targets(Strict):
     collection: CollectionName | None = None
     collections: Annotated[list[CollectionName], Field(min_length=1, max_length=16)] | None = None
 
@@ -186,7 +236,7 @@ class RetrieveResponse(BaseModel):
     timings: dict[str, float]
 
 
-class RerankRequest(_Strict):
+class RerankRequest(Strict):
     query: NonEmpty
     documents: list[str] | None = Field(None, description="Passages to rank.")
     hits: list[Hit] | None = Field(None, description="Or hits of a retrieval, returned reordered.")
@@ -215,7 +265,7 @@ class RerankResponse(BaseModel):
 # ---------------------------------------------------------------- answers
 
 
-class Message(_Strict):
+class Message(Strict):
     role: Literal["system", "user", "assistant"]
     content: str
 

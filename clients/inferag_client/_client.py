@@ -1,23 +1,30 @@
-"""The synchronous client: `InferagClient`."""
+"""The clients, written once: this file is `AsyncInferagClient`; `_client.py` (`InferagClient`) is generated
+from it by `python clients/unasync_clients.py` (unasync: `await` dropped, `Async*` names made sync; a test
+checks the two agree). Edit this file, then regenerate.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Callable, Mapping, Sequence
 from pathlib import Path
+from time import monotonic
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, Unpack
 
 import httpx
+from httpx_sse import EventSource
 
-from services.generation.protocol import PerplexityResponse
-from services.rag.graph.types import EntityDetail, EntityList, GraphStats
-from services.rag.protocol import (
+from inferag_protocol.graph import EntityDetail, EntityList, GraphStats
+from inferag_protocol.perplexity import PerplexityResponse
+from inferag_protocol.rag import (
     ChunkResponse,
+    CollectionInfo,
     CollectionList,
     Deleted,
     DocumentDetail,
     DocumentList,
+    Hit,
     IngestResult,
     Job,
     JobList,
@@ -25,12 +32,21 @@ from services.rag.protocol import (
     RerankResponse,
     RetrieveResponse,
 )
-from services.rag.types import CollectionInfo, Hit
 
 from . import _core
-from ._core import Call, ClientBase, DocumentLike, FileLike, MessageLike, error_from_response
-from .errors import ConnectionFailed, InferagError, error_for_body
-from .events import AgentStreamEvent, QueryStreamEvent, SSEDecoder, error_of, parse_agent_event, parse_query_event
+from ._core import (
+    SyncProgress,
+    Call,
+    ClientBase,
+    DocumentLike,
+    FileLike,
+    IngestOptions,
+    MessageLike,
+    UploadOptions,
+    error_from_response,
+)
+from .errors import ConnectionFailed, error_for_body
+from .events import AgentStreamEvent, QueryStreamEvent, error_of, parse_agent_event, parse_query_event
 from .models import AgentResponse, Health, ModelList, Readiness
 
 T = TypeVar("T")
@@ -38,19 +54,19 @@ E = TypeVar("E")
 
 
 class Stream(Generic[E]):
-    """Typed events of one streaming answer; iterate it, or use it as a context manager to close it early."""
+    """Typed events of one streaming answer: iterate it; as a context manager, leaving the block closes it."""
 
     def __init__(self, response: httpx.Response, parse: Callable[[str | None, str], E]):
         self.response = response
         self._parse = parse
         self._events = self._iterate()
 
-    def _iterate(self) -> Generator[E, None, None]:
+    def _iterate(self) -> Generator[E, None]:
         try:
-            for name, data in SSEDecoder().events(self.response.iter_lines()):
-                if data.strip() == "[DONE]":
+            for sse in EventSource(self.response).iter_sse():
+                if sse.data.strip() == "[DONE]":
                     break
-                event = self._parse(name, data)
+                event = self._parse(sse.event, sse.data)
                 error = error_of(event)
                 if error is not None:
                     raise error_for_body(error)
@@ -62,7 +78,7 @@ class Stream(Generic[E]):
         return self._events
 
     def __next__(self) -> E:
-        return next(self._events)
+        return self._events.__next__()
 
     def close(self) -> None:
         self._events.close()
@@ -98,7 +114,7 @@ class Collections:
 
     def restore(self, path: FileLike, name: str | None = None) -> CollectionInfo:
         """Restore a snapshot file as a new collection (`name`, default the snapshot's)."""
-        return self._c._request(_core.restore_collection(path, name))
+        return self._c._request(_core.run_blocking(_core.restore_collection, path, name))
 
 
 class Documents:
@@ -106,34 +122,19 @@ class Documents:
         self._c = client
 
     def ingest(
-        self,
-        collection: str,
-        documents: DocumentLike | Sequence[DocumentLike],
-        *,
-        metadata: Mapping[str, Any] | None = None,
-        chunking: Mapping[str, Any] | None = None,
-        background: bool | None = None,
+        self, collection: str, documents: DocumentLike | Sequence[DocumentLike], **options: Unpack[IngestOptions]
     ) -> IngestResult | Job:
-        """Ingest texts (str) or `DocumentIn`s; a `Job` comes back when it runs in the background."""
-        call = _core.ingest(collection, documents, metadata=metadata, chunking=chunking, background=background)
-        return self._c._request(call)
+        """Ingest texts (str) or `DocumentIn`s; a `Job` comes back when it runs in the background.
+        Options: metadata (added to each document's), chunking, background."""
+        return self._c._request(_core.ingest(collection, documents, **options))
 
     def upload(
-        self,
-        collection: str,
-        paths: FileLike | Sequence[FileLike],
-        *,
-        metadata: Mapping[str, Any] | None = None,
-        chunking: Mapping[str, Any] | None = None,
-        background: bool | None = None,
-        text_field: str | None = None,
+        self, collection: str, paths: FileLike | Sequence[FileLike], **options: Unpack[UploadOptions]
     ) -> IngestResult | Job:
-        """Upload files of any supported type (README: formats) as multipart; `metadata` applies to each,
-        `text_field` names the text of JSON records."""
-        call = _core.upload(
-            collection, paths, metadata=metadata, chunking=chunking, background=background, text_field=text_field
-        )
-        return self._c._request(call)
+        """Upload files of any supported type (README: formats) as multipart; options as `ingest`'s (`metadata`
+        applies to each file), and `text_field`, the text of JSON records."""
+        # Reading the files blocks (the async client reads them off the event loop).
+        return self._c._request(_core.run_blocking(_core.upload, collection, paths, **options))
 
     def list(self, collection: str, *, limit: int | None = None, offset: int | None = None) -> DocumentList:
         return self._c._request(_core.list_documents(collection, limit, offset))
@@ -184,19 +185,20 @@ class Jobs:
         self,
         job_id: str,
         *,
-        on_progress: Callable[[Job], object] | None = None,
+        on_progress: SyncProgress | None = None,
         poll_interval: float = 0.5,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (one surface for both clients)
     ) -> Job:
-        """Poll until the job has finished (succeeded, failed or partial); `on_progress` sees every poll."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Poll until the job has finished (succeeded, failed or partial); `on_progress` sees every poll
+        (the async client's may be a coroutine function)."""
+        deadline = None if timeout is None else monotonic() + timeout
         while True:
             job = self.get(job_id)
             if on_progress is not None:
-                on_progress(job)
+                _core.notify(on_progress, job)
             if _core.job_finished(job):
                 return job
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
             time.sleep(poll_interval)
 
@@ -224,9 +226,9 @@ class InferagClient(ClientBase):
         )  # fmt: skip
         self._http = httpx.Client(transport=transport, **self._client_options())
         self.collections = Collections(self)
+        self.graph = Graph(self)
         self.documents = Documents(self)
         self.jobs = Jobs(self)
-        self.graph = Graph(self)
 
     # ------------------------------------------------------------ plumbing
 
@@ -276,7 +278,9 @@ class InferagClient(ClientBase):
 
     # ------------------------------------------------------------ routes
 
-    def chunk(self, text: str, *, format: str = "text", chunking: Mapping[str, Any] | None = None) -> ChunkResponse:
+    def chunk(
+        self, text: str, *, format: str = "text", chunking: Mapping[str, Any] | None = None
+    ) -> ChunkResponse:
         """Split a text as ingestion would (`/rag/chunk`)."""
         return self._request(_core.chunk(text, format=format, chunking=chunking))
 
@@ -284,7 +288,8 @@ class InferagClient(ClientBase):
         self, query: str, *, collection: str | None = None, collections: Sequence[str] | None = None, **options: Any
     ) -> RetrieveResponse:
         """Ranked chunks (`/rag/retrieve`); options: top_k, mode, fusion, filter, score_threshold."""
-        return self._request(_core.retrieve(query, collection=collection, collections=collections, options=options))
+        call = _core.retrieve(query, collection=collection, collections=collections, options=options)
+        return self._request(call)
 
     def rerank(
         self,
@@ -371,6 +376,3 @@ class InferagClient(ClientBase):
 
     def ready(self) -> Readiness:
         return self._request(_core.ready())
-
-
-__all__ = ["InferagClient", "InferagError", "Stream"]

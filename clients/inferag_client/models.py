@@ -1,7 +1,7 @@
 """Response and request types of the SDK.
 
-The RAG wire models are the service's own (`services.rag.protocol`), re-exported here so the
-client and the server can never disagree; only the few answers that have no wire model in the
+The wire models are the services' own (`inferag_protocol`, which both sides import), re-exported here so
+the client and the server can never disagree; only the few answers that have no wire model in the
 services (the ops routes and the model list) are declared here.
 """
 
@@ -9,16 +9,20 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.generation.protocol import PerplexityData, PerplexityResponse
-from services.rag.agent.protocol import AgentResponse, Step
-from services.rag.protocol import (
+from inferag_protocol.agent import AgentResponse, Step
+from inferag_protocol.perplexity import PerplexityData, PerplexityResponse
+from inferag_protocol.rag import (
+    Chunk,
     ChunkResponse,
     Citation,
+    CollectionInfo,
     CollectionList,
     Deleted,
     DocumentDetail,
     DocumentIn,
+    DocumentInfo,
     DocumentList,
+    Hit,
     IngestResult,
     Job,
     JobError,
@@ -28,9 +32,9 @@ from services.rag.protocol import (
     RerankResponse,
     RerankResult,
     RetrieveResponse,
+    StoredChunk,
     Usage,
 )
-from services.rag.types import Chunk, CollectionInfo, DocumentInfo, Hit, StoredChunk
 
 __all__ = [
     "AgentResponse",

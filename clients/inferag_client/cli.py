@@ -1,5 +1,5 @@
-"""The `inferag` command: talk to a running stack (chat, ask, ingest, collections, eval, perplexity), run it (serve),
-prepare weights offline (weights ...).
+"""The `inferag` command: talk to a running stack (chat, ask, ingest, collections, graph, perplexity); a server
+install adds eval, serve (run the stack) and weights (prepare weights offline).
 
 Every client command reads the stack's address from `--url` / `INFERAG_BASE_URL` (default
 http://127.0.0.1:8000) and the key from `--api-key` / `INFERAG_API_KEY`; `--json` prints
@@ -8,14 +8,13 @@ machine-readable output on stdout (progress and prompts go to stderr).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import glob
 import json
 import math
-import os
 import sys
 from collections.abc import Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,14 +23,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from clients.sdk import AsyncInferagClient, InferagClient, InferagError
-from clients.sdk.models import Citation, DocumentIn, IngestResult, Job
-from services.generation.weights.cli import app as weights_app
+from . import _core
+from ._client import InferagClient
+from .errors import InferagError, error_for_body
+from .models import Citation, Job
 
 app = typer.Typer(name="inferag", no_args_is_help=True, add_completion=False, help=__doc__)
-app.add_typer(weights_app, name="weights")
 collections_app = typer.Typer(
-    help="List (default), create, delete, snapshot or restore collections; migrate an old store folder.",
+    help="List (default), create, delete, snapshot or restore collections (a server install: migrate an old "
+    "store folder).",
     invoke_without_command=True,
 )
 app.add_typer(collections_app, name="collections")
@@ -175,30 +175,6 @@ def collections_restore(
         info = client.collections.restore(file, name)
     _emit(info) if json_out else out.print(
         f"restored [bold]{info.name}[/]: {info.documents} documents, {info.points} chunks")
-
-
-@collections_app.command("migrate")
-def collections_migrate(
-    path: Annotated[Path | None, typer.Option("--path", help="Store folder (default: INFERAG_RAG_QDRANT_PATH, "
-                                                             "else <data dir>/qdrant).")] = None,
-) -> None:
-    """Convert a store folder written by an earlier inferag (qdrant-client's local mode) to the embedded Qdrant
-    engine, with the stack stopped. Every point is copied and counted; the old folder is kept as a backup."""
-    from services.rag.settings import RagSettings
-    from services.rag.store import StoreLocked
-    from services.rag.store.embedded import is_local_mode_folder
-    from services.rag.store.snapshots import migrate_local_mode
-
-    folder = (path or Path(RagSettings().store_path())).expanduser()
-    if not is_local_mode_folder(folder):
-        out.print(f"nothing to migrate: {folder} is not an earlier version's store folder")
-        return
-    try:
-        copied = migrate_local_mode(folder, log_line=out.print)
-    except StoreLocked as exc:
-        err.print(f"[red]error[/]: {exc.message}")
-        raise typer.Exit(1) from exc
-    out.print(f"migrated {len(copied)} collections ({sum(copied.values())} points) in {folder}")
 
 
 # ---------------------------------------------------------------- graph
@@ -457,11 +433,7 @@ def chat(
     """
     with _errors(json_out), _client(url, api_key) as client:
         history: list[dict[str, str]] = [{"role": "system", "content": system}] if system and not collection else []
-        plain = None
         if collection is None:
-            import openai
-
-            plain = openai.OpenAI(**client.openai_options(), max_retries=client.max_retries)
             model = _chat_model(client, model)
         show = err if json_out else out  # --json: the streams go to stderr, stdout carries one line per turn
         err.print(f"[dim]chatting with {collection or model}; /exit or Ctrl-D to end[/]")
@@ -484,8 +456,8 @@ def chat(
                     options["model"] = model
                 answer, sources, _ = _stream_answer(client, collection, messages=history, options=options, show=show)
             else:
-                assert plain is not None and model is not None
-                answer = _stream_chat(plain, model, history, max_tokens, show)
+                assert model is not None
+                answer = _stream_chat(client, model, history, max_tokens, show)
             history.append({"role": "assistant", "content": answer})
             if json_out:
                 line = {"question": question, "answer": answer, "sources": [s.model_dump(mode="json") for s in sources]}
@@ -493,20 +465,20 @@ def chat(
                 sys.stdout.flush()
 
 
-def _stream_chat(client: Any, model: str, history: list[dict[str, str]], max_tokens: int | None, show: Console) -> str:
-    """Plain chat through the official openai client (the stack's /v1/chat/completions)."""
-    import openai
-
+def _stream_chat(
+    client: InferagClient, model: str, history: list[dict[str, str]], max_tokens: int | None, show: Console
+) -> str:
+    """Plain chat: the stack's /v1/chat/completions, streamed (OpenAI chunks)."""
     pieces: list[str] = []
-    try:
-        stream = client.chat.completions.create(model=model, messages=history, stream=True, max_tokens=max_tokens)
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                pieces.append(chunk.choices[0].delta.content)
-                show.print(chunk.choices[0].delta.content, end="", markup=False, soft_wrap=True)
-    except openai.APIStatusError as exc:
-        body = exc.body if isinstance(exc.body, dict) else {"message": str(exc.body)}
-        raise InferagError(exc.status_code, body if "error" in body else {"error": body}) from exc
+    with client._stream(_core.chat_stream(model, history, max_tokens), lambda _name, data: json.loads(data)) as chunks:
+        for chunk in chunks:
+            if "error" in chunk:  # a failure after the stream started: its OpenAI error body
+                raise error_for_body(chunk)
+            choices = chunk.get("choices") or []
+            piece = (choices[0].get("delta") or {}).get("content") if choices else None
+            if piece:
+                pieces.append(piece)
+                show.print(piece, end="", markup=False, soft_wrap=True)
     show.print()
     return "".join(pieces)
 
@@ -556,139 +528,13 @@ def perplexity(
     out.print(f"overall: {scored} scored tokens, nll {total_nll:.3f}, perplexity {overall['perplexity']:.2f}")
 
 
-# ---------------------------------------------------------------- eval
-
-
-@app.command("eval")
-def evaluate(
-    dataset: Annotated[str, typer.Argument(help="BEIR folder (e.g. datasets/course) or june:<set>.")],
-    collection: Collection,
-    configs: Annotated[
-        str, typer.Option(help="Comma-separated retrieval configs.")
-    ] = "dense,sparse,hybrid,hybrid+rerank,graph,hybrid+graph",
-    answers: Annotated[bool, typer.Option(help="Also answer the QA questions through /rag/query.")] = True,
-    ingest_corpus: Annotated[bool, typer.Option("--ingest/--no-ingest", help="Ingest the corpus first.")] = True,
-    limit: Annotated[int | None, typer.Option(help="Only the first N queries and questions.")] = None,
-    top_k: Annotated[int, typer.Option(help="Hits retrieved per query.")] = 10,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 4,
-    timeout: Annotated[float, typer.Option(help="Seconds one request may take (slow hosts answer slowly).")] = 300,
-    url: Url = None,
-    api_key: ApiKey = None,
-    json_out: JsonOut = False,
-) -> None:
-    """Retrieval metrics (nDCG@10, Recall@k, MRR) per config and answer checks, against the running stack."""
-    from services.rag import eval as rag_eval
-
-    data = rag_eval.load_dataset(dataset)
-    if limit is not None:
-        keep = list(data.queries)[:limit]
-        data.queries = {q: data.queries[q] for q in keep}
-        data.qrels = {q: r for q, r in data.qrels.items() if q in data.queries}
-        data.answers = {q: a for q, a in data.answers.items() if q in data.queries}
-    names = [c.strip() for c in configs.split(",") if c.strip()]
-    with _errors(json_out):
-        retrieval, answer_results = asyncio.run(
-            _evaluate(data, collection, names, answers, ingest_corpus, top_k, concurrency, url, api_key, timeout)
-        )
-    if json_out:
-        _emit(rag_eval.results_json(data, retrieval, answer_results))
-    else:
-        out.print(rag_eval.render_table(retrieval, answer_results, title=f"{data.name} → {collection}"))
-
-
-async def _evaluate(
-    data: Any,
-    collection: str,
-    configs: list[str],
-    answers: bool,
-    ingest_corpus: bool,
-    top_k: int,
-    concurrency: int,
-    url: str | None,
-    api_key: str | None,
-    request_timeout: float = 300,
-) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
-    from services.rag import eval as rag_eval
-
-    async with AsyncInferagClient(url, api_key, timeout=request_timeout) as client:
-        if ingest_corpus:
-            await _ingest_corpus(client, collection, data.corpus)
-
-        async def retrieve(query: str, config: str) -> list[str]:
-            mode, rerank = rag_eval.parse_config(config)
-            hits = (await client.retrieve(query, collection=collection, top_k=top_k, mode=mode)).data
-            if rerank and hits:
-                ranked = await client.rerank(query, hits=hits)
-                hits = [r.hit for r in ranked.data if r.hit is not None]
-            return [h.doc_id for h in hits]
-
-        async def answer(question: str) -> rag_eval.Answered:
-            result = await client.query(question, collection=collection)
-            return rag_eval.Answered(result.answer, len(result.sources), [_cited(c) for c in result.citations])
-
-        err.print(f"[dim]retrieval: {len(data.qrels)} queries x {len(configs)} configs[/]")
-        retrieval = await rag_eval.evaluate_retrieval(data, retrieve, configs, concurrency=concurrency)
-        answer_results = None
-        if answers and data.answers:
-            err.print(f"[dim]answers: {len(data.answers)} questions[/]")
-            answer_results = await rag_eval.evaluate_answers(data, answer, concurrency=concurrency)
-        return retrieval, answer_results
-
-
-def _cited(citation: Any) -> Any:
-    """A citation of /rag/query as the answer checks read it (its quote, when the service gives one)."""
-    from services.rag import eval as rag_eval
-
-    quote = getattr(citation, "quote", None)
-    return rag_eval.CitedSource(
-        number=citation.number,
-        doc_id=citation.doc_id,
-        text=citation.text,
-        start=citation.start,
-        end=citation.end,
-        quote=quote.text if quote is not None else None,
-        quote_start=quote.start if quote is not None else None,
-        quote_end=quote.end if quote is not None else None,
-    )
-
-
-async def _ingest_corpus(client: AsyncInferagClient, collection: str, corpus: dict[str, Any], batch: int = 16) -> None:
-    """The corpus as documents whose ids are the corpus ids (what the qrels name)."""
-    from services.rag.eval import document_text
-
-    docs = [
-        DocumentIn(id=doc_id, text=document_text(doc), source=doc.title or doc_id) for doc_id, doc in corpus.items()
-    ]
-    with Progress(TextColumn("ingesting corpus"), BarColumn(), MofNCompleteColumn(), console=err) as progress:
-        task = progress.add_task("ingest", total=len(docs))
-        for start in range(0, len(docs), batch):
-            part = docs[start : start + batch]
-            result = await client.documents.ingest(collection, part)
-            if isinstance(result, Job):
-                result = await client.jobs.wait(result.id)
-                if result.status == "failed":
-                    raise InferagError(500, {"error": {"message": f"ingest job {result.id} failed: {result.errors}"}})
-            assert isinstance(result, IngestResult | Job)
-            progress.advance(task, len(part))
-
-
-# ---------------------------------------------------------------- serve
-
-
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Interface to bind (INFERAG_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (INFERAG_PORT, default 8000).")] = None,
-) -> None:
-    """Start the one-process stack (generation, embeddings, RAG, playground) with the settings from the environment."""
-    if host is not None:
-        os.environ["INFERAG_HOST"] = host
-    if port is not None:
-        os.environ["INFERAG_PORT"] = str(port)
-    from services.gateway.app import main
-
-    main()
+def main() -> None:
+    """The `inferag` command: these client commands, plus those a server install plugs in (the `inferag.cli`
+    entry points: serve, weights, eval, collections migrate)."""
+    for entry in metadata.entry_points(group="inferag.cli"):
+        entry.load()(app)
+    app()
 
 
 if __name__ == "__main__":
-    app()
+    main()
