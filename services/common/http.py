@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
 from fastapi import Request
+from starlette.types import Message, Send
 
 T = TypeVar("T")
 
@@ -54,3 +55,19 @@ async def peeked(source: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
                 yield item
 
     return chained()
+
+
+class ResponseWatch:
+    """A `send` for pure ASGI middleware (not BaseHTTPMiddleware, so streams and disconnects pass through):
+    passes every message on, calls `on_start` with the response's start message, and keeps its status
+    (500 until then, the status of an app that raised before answering)."""
+
+    def __init__(self, send: Send, on_start: Callable[[Message], None]):
+        self._send, self._on_start = send, on_start
+        self.status = 500
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self._on_start(message)
+        await self._send(message)

@@ -12,6 +12,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import authenticate
+from .http import ResponseWatch
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -46,21 +47,17 @@ class _MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                route = getattr(scope.get("route"), "path", "unmatched")
-                self.metrics.latency.labels(self.service, scope["method"], route).observe(time.perf_counter() - start)
-            await send(message)
+        def started(_: Message) -> None:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.latency.labels(self.service, scope["method"], route).observe(time.perf_counter() - start)
 
+        watch = ResponseWatch(send, started)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, watch.send)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(self.service, scope["method"], route, str(status)).inc()
+            self.metrics.requests.labels(self.service, scope["method"], route, str(watch.status)).inc()
 
 
 _HTTP_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, HttpMetrics] = weakref.WeakKeyDictionary()

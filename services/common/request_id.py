@@ -19,6 +19,8 @@ import httpx
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .http import ResponseWatch
+
 HEADER = "X-Request-Id"
 _HEADER_KEY = HEADER.lower().encode()
 # What we accept from a caller: anything else (too long, spaces, quotes, newlines) could forge
@@ -86,18 +88,15 @@ class RequestIdMiddleware:
             scope = {**scope, "headers": [*headers, (_HEADER_KEY, rid.encode())]}
         token = _current.set(rid)
         start = time.perf_counter()
-        status = 500
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                MutableHeaders(scope=message)[HEADER] = rid
-            await send(message)
+        def started(message: Message) -> None:
+            MutableHeaders(scope=message)[HEADER] = rid
 
+        watch = ResponseWatch(send, started)
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, watch.send)
         finally:
+            status = watch.status
             path = scope.get("path", "")
             # The path only: a query string may carry a key (`?api_key=`), headers never go in.
             access_log.log(

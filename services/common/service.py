@@ -13,7 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
@@ -137,6 +137,17 @@ async def require_key(request: Request) -> Principal:
         limiter.take(principal.name if principal is not ANONYMOUS else f"ip:{client}")
     request.state.principal = principal
     return principal
+
+
+async def service_dependency(request: Request) -> Any:
+    """`loaded_service` as a route dependency: `Annotated[MyService, Depends(service_dependency)]`. An `async
+    def`, as FastAPI runs a plain `def` dependency on its thread pool (a thread hop per request)."""
+    return loaded_service(request)
+
+
+def keyed_router(**kwargs: Any) -> APIRouter:
+    """An APIRouter (same arguments) whose every route first checks the caller's key and rate limit."""
+    return APIRouter(dependencies=[Depends(require_key)], **kwargs)
 
 
 # transformers builds models under global patches of torch (meta-device init): two models loading at

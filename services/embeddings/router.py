@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from services.common.http import cancel_on_disconnect
 from services.common.protocol import error_responses
-from services.common.service import loaded_service, require_key
+from services.common.service import keyed_router, service_dependency
 
 from .protocol import (
     EmbeddingRequest,
@@ -23,16 +23,8 @@ from .protocol import (
 )
 from .serving import EmbeddingsService
 
-
-# Dependencies are `async def`: FastAPI runs plain `def` ones on its thread pool, a thread hop per request.
-async def get_service(request: Request) -> EmbeddingsService:
-    service: EmbeddingsService = loaded_service(request)
-    return service
-
-
-Service = Annotated[EmbeddingsService, Depends(get_service)]
-
-router = APIRouter(dependencies=[Depends(require_key)])
+Service = Annotated[EmbeddingsService, Depends(service_dependency)]
+router = keyed_router()
 
 _RESPONSES = error_responses(400, 401, 404, 413, 429, 503, e404="Unknown model.", e429="Queue full; see Retry-After.")
 

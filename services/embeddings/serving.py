@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -23,7 +23,7 @@ from services.common.errors import InvalidRequest, ModelNotFound, NotFound
 from services.common.metrics import LATENCY_BUCKETS
 
 from .batching import MicroBatcher
-from .engines.base import Encoded
+from .engines.base import Encoded, TokenizerAdapter
 from .engines.cross_encoder import CrossEncoderScorer
 from .engines.dense import DenseEncoder
 from .engines.splade import Sparse, SpladeEncoder
@@ -83,30 +83,18 @@ class EmbeddingsMetrics:
             ["endpoint"],
             registry=registry,
         )
+        per_model: dict[str, Any] = {"labelnames": ["model"], "registry": registry}
         self.batch_size = Histogram(
-            "inferag_embeddings_batch_size",
-            "Inputs per model call.",
-            ["model"],
-            buckets=_BATCH_BUCKETS,
-            registry=registry,
+            "inferag_embeddings_batch_size", "Inputs per model call.", buckets=_BATCH_BUCKETS, **per_model
         )
         self.batch_requests = Histogram(
-            "inferag_embeddings_batch_requests",
-            "Requests sharing one model call (above 1: batching at work).",
-            ["model"],
-            buckets=_BATCH_BUCKETS,
-            registry=registry,
-        )
+            "inferag_embeddings_batch_requests", "Requests sharing one model call (above 1: batching at work).",
+            buckets=_BATCH_BUCKETS, **per_model,
+        )  # fmt: skip
         self.batch_seconds = Histogram(
-            "inferag_embeddings_batch_seconds",
-            "Time of one model call.",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            "inferag_embeddings_batch_seconds", "Time of one model call.", buckets=LATENCY_BUCKETS, **per_model
         )
-        self.queued = Gauge(
-            "inferag_embeddings_queued_inputs", "Inputs waiting for a model.", ["model"], registry=registry
-        )
+        self.queued = Gauge("inferag_embeddings_queued_inputs", "Inputs waiting for a model.", **per_model)
 
     def observer(self, model: str) -> Callable[[int, int, float], None]:
         size, requests, seconds = (
@@ -205,50 +193,32 @@ class EmbeddingsService:
         if bi_encoder:
             truncation += " Reranking reads whole passages, in overlapping windows."
         cards = [
-            ModelCard(
-                id=self.names.embed,
-                root=d.path,
+            _card(
+                self.names.embed,
+                d,
+                d.info.max_tokens,
                 capabilities=caps,
                 dimension=d.info.dimension,
-                max_input_tokens=d.info.max_tokens,
                 truncation=truncation,
                 rerank_method="bi-encoder-cosine" if bi_encoder else None,
                 max_inputs_per_request=limits.max_inputs,
                 max_documents_per_request=limits.max_rerank_documents if bi_encoder else None,
-                device=d.device,
-                dtype=d.dtype,
             )
         ]
         if self.reranker is not None and self.names.rerank is not None:
             r = self.reranker
+            truncation = f"Each (query, document) pair is cut to {r.max_tokens} tokens, longest part first."
             cards.append(
-                ModelCard(
-                    id=self.names.rerank,
-                    root=r.path,
-                    capabilities=["rerank"],
-                    max_input_tokens=r.max_tokens,
-                    truncation=f"Each (query, document) pair is cut to {r.max_tokens} tokens, longest part first.",
-                    rerank_method="cross-encoder",
-                    max_documents_per_request=limits.max_rerank_documents,
-                    device=r.device,
-                    dtype=r.dtype,
-                )
-            )
+                _card(self.names.rerank, r, r.max_tokens, capabilities=["rerank"], truncation=truncation,
+                      rerank_method="cross-encoder", max_documents_per_request=limits.max_rerank_documents)
+            )  # fmt: skip
         if self.splade is not None and self.names.sparse is not None:
             s = self.splade
+            truncation = f'Inputs longer than {s.max_tokens} tokens are cut ("truncate": false: 400).'
             cards.append(
-                ModelCard(
-                    id=self.names.sparse,
-                    root=s.path,
-                    capabilities=["sparse-embeddings"],
-                    dimension=s.vocab_size,
-                    max_input_tokens=s.max_tokens,
-                    truncation=f'Inputs longer than {s.max_tokens} tokens are cut ("truncate": false: 400).',
-                    max_inputs_per_request=limits.max_inputs,
-                    device=s.device,
-                    dtype=s.dtype,
-                )
-            )
+                _card(self.names.sparse, s, s.max_tokens, capabilities=["sparse-embeddings"], dimension=s.vocab_size,
+                      truncation=truncation, max_inputs_per_request=limits.max_inputs)
+            )  # fmt: skip
         return ModelList(data=cards)
 
     def _all_names(self) -> list[str]:
@@ -278,18 +248,7 @@ class EmbeddingsService:
         self, items: Sequence[str] | Sequence[Sequence[int]], *, truncate: bool | None = None
     ) -> tuple[np.ndarray, int]:
         """Dense vectors (n x dimension, float32) of texts or token arrays, and the tokens read."""
-        truncate = self.limits.truncate if truncate is None else truncate
-        tok = self.dense.tokens
-        _check_not_empty(items)
-        if items and isinstance(items[0], str):
-            texts = [str(x) for x in items]
-            encoded = await self._tokenize(sum(map(len, texts)), lambda: tok.texts(texts, truncate=truncate))
-        else:
-            encoded = tok.token_ids(items, truncate=truncate)  # type: ignore[arg-type]
-        vectors = await self.dense_batcher.submit(encoded, [len(e) for e in encoded])
-        tokens = sum(len(e) for e in encoded)
-        self.metrics.inputs.labels("embeddings").inc(len(encoded))
-        self.metrics.tokens.labels("embeddings").inc(tokens)
+        vectors, tokens = await self._encode("embeddings", self.dense.tokens, self.dense_batcher, items, truncate)
         return np.stack(vectors) if vectors else np.zeros((0, self.dense.info.dimension), np.float32), tokens
 
     async def rerank_documents(self, query: str, documents: Sequence[str]) -> tuple[list[float], int]:
@@ -335,19 +294,30 @@ class EmbeddingsService:
         """SPLADE vectors of texts or token arrays, and the tokens read."""
         if self.splade is None or self.sparse_batcher is None:
             raise NotFound("This server has no sparse model.", param="model", code="model_not_found")
+        return await self._encode("sparse", self.splade.tokens, self.sparse_batcher, items, truncate)
+
+    async def _encode(
+        self,
+        endpoint: str,
+        tok: TokenizerAdapter,
+        batcher: MicroBatcher[Encoded, T],
+        items: Sequence[str] | Sequence[Sequence[int]],
+        truncate: bool | None,
+    ) -> tuple[list[T], int]:
+        """Tokenize texts or check token arrays (400 on empty or, without truncation, over-long inputs), run
+        them through the model's batcher, count them; the model's outputs in order and the tokens read."""
         truncate = self.limits.truncate if truncate is None else truncate
-        tok = self.splade.tokens
         _check_not_empty(items)
         if items and isinstance(items[0], str):
             texts = [str(x) for x in items]
             encoded = await self._tokenize(sum(map(len, texts)), lambda: tok.texts(texts, truncate=truncate))
         else:
             encoded = tok.token_ids(items, truncate=truncate)  # type: ignore[arg-type]
-        vectors = await self.sparse_batcher.submit(encoded, [len(e) for e in encoded])
+        outputs = await batcher.submit(encoded, [len(e) for e in encoded])
         tokens = sum(len(e) for e in encoded)
-        self.metrics.inputs.labels("sparse").inc(len(encoded))
-        self.metrics.tokens.labels("sparse").inc(tokens)
-        return vectors, tokens
+        self.metrics.inputs.labels(endpoint).inc(len(encoded))
+        self.metrics.tokens.labels(endpoint).inc(tokens)
+        return outputs, tokens
 
     def shorten(self, vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
         """`dimensions`: keep the first n components, renormalized when the model's vectors are unit length."""
@@ -430,3 +400,10 @@ def _check_not_empty(items: Sequence[str] | Sequence[Sequence[int]]) -> None:
     for i, item in enumerate(items):
         if len(item) == 0:
             raise InvalidRequest(f"input[{i}] must not be empty", param="input")
+
+
+def _card(name: str, model: Any, max_tokens: int, **fields: Any) -> ModelCard:
+    """A served model's card: where its weights came from and how it runs (`model.path/device/dtype`)."""
+    return ModelCard(
+        id=name, root=model.path, max_input_tokens=max_tokens, device=model.device, dtype=model.dtype, **fields
+    )

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from inferag_protocol.perplexity import PerplexityRequest, PerplexityResponse
 from services.common.http import cancel_on_disconnect
 from services.common.protocol import error_responses, sse_response_doc
-from services.common.service import loaded_service, require_key
+from services.common.service import keyed_router, service_dependency
 from services.common.sse import openai_stream, sse_response
 
 from . import perplexity as ppl
@@ -31,15 +31,8 @@ from .protocol import (
 from .responses.router import router as responses_router
 from .serving import GenerationService
 
-
-async def get_service(request: Request) -> GenerationService:
-    service: GenerationService = loaded_service(request)
-    return service
-
-
-Service = Annotated[GenerationService, Depends(get_service)]
-
-router = APIRouter(dependencies=[Depends(require_key)])
+Service = Annotated[GenerationService, Depends(service_dependency)]
+router = keyed_router()
 
 
 def _respond(result: Any) -> Response:

@@ -319,11 +319,10 @@ class GenerationService:
     async def chat_chunks(self, req: ChatCompletionRequest) -> AsyncGenerator[ChatCompletionChunk, None]:
         """A streamed chat as typed chunks, whatever `req.stream` says (the Responses API's input)."""
         prep = await self._prepare_chat(req)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return await peeked(self._chat_stream(req, prep, include_usage))
+        return await peeked(self._chat_stream(req, prep))
 
     async def _chat_stream(
-        self, req: ChatCompletionRequest, prep: _Prepared, include_usage: bool
+        self, req: ChatCompletionRequest, prep: _Prepared
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
         created = int(time.time())
 
@@ -370,10 +369,9 @@ class GenerationService:
                             ]
                             yield chunk(i, ChatDelta(tool_calls=deltas))
                     yield chunk(i, ChatDelta(), finish=finish)
-        if include_usage:
-            yield ChatCompletionChunk(
-                id=prep.request_id, created=created, model=req.model, choices=[], usage=_usage(states)
-            )
+        if _wants_usage(req):
+            usage = _usage(states)
+            yield ChatCompletionChunk(id=prep.request_id, created=created, model=req.model, choices=[], usage=usage)
 
     # ------------------------------------------------------------- completions
 
@@ -397,8 +395,7 @@ class GenerationService:
         prep: _Prepared = await _sized(len(str(req.prompt)), lambda: self.prepare_completion(req))
         echo = self.tokenizer.decode(prep.prompt_ids) if req.echo else ""
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await self._prime(self._completion_stream(req, prep, echo, include_usage))
+            return await self._prime(self._completion_stream(req, prep, echo))
         states = await self._run_all(prep, "completions")
         return CompletionResponse(
             id=prep.request_id,
@@ -417,7 +414,7 @@ class GenerationService:
         )
 
     async def _completion_stream(
-        self, req: CompletionRequest, prep: _Prepared, echo: str, include_usage: bool
+        self, req: CompletionRequest, prep: _Prepared, echo: str
     ) -> AsyncGenerator[CompletionResponse, None]:
         created = int(time.time())
         states = [_ChoiceState() for _ in prep.options]
@@ -434,10 +431,9 @@ class GenerationService:
                     logprobs=_completion_logprobs(out.logprobs or [], 0) if req.logprobs is not None else None,
                 )  # fmt: skip
                 yield CompletionResponse(id=prep.request_id, created=created, model=req.model, choices=[choice])
-        if include_usage:
-            yield CompletionResponse(
-                id=prep.request_id, created=created, model=req.model, choices=[], usage=_usage(states)
-            )
+        if _wants_usage(req):
+            usage = _usage(states)
+            yield CompletionResponse(id=prep.request_id, created=created, model=req.model, choices=[], usage=usage)
 
     # ------------------------------------------------------------- engine plumbing
 
@@ -555,6 +551,11 @@ def _absorb(st: _ChoiceState, out: GenerationChunk) -> None:
         st.logprobs.extend(out.logprobs)
     if out.finish_reason is not None:
         st.finish_reason = out.finish_reason
+
+
+def _wants_usage(req: ChatCompletionRequest | CompletionRequest) -> bool:
+    """A stream ends with a chunk that has no choices, only the usage, when the request asks."""
+    return bool(req.stream_options and req.stream_options.include_usage)
 
 
 def _usage(states: list[_ChoiceState]) -> Usage:

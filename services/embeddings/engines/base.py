@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
@@ -21,6 +22,8 @@ from services.common.cpu import cpu_auto_dtype
 from services.common.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -50,6 +53,19 @@ def resolve_dtype(setting: str, device: str) -> str:
     if setting == "int8" and not device.startswith("cpu"):
         raise ValueError("dtype int8 (dynamic quantization) runs on CPU only; use float16 on CUDA")
     return setting
+
+
+def load_sentence_model(cls: Callable[..., M], path: str, device: str) -> M:
+    """A sentence-transformers model (`SentenceTransformer`, `CrossEncoder`) from a hub id or folder, in eval
+    mode; a local folder never needs the hub (not even for model-card metadata)."""
+    model = cls(path, device=device, local_files_only=Path(path).is_dir())
+    model.eval()  # type: ignore[attr-defined]
+    return model
+
+
+def max_input_tokens(model: Any) -> int:
+    """The longest input a sentence-transformers model reads, in its tokenizer's tokens."""
+    return int(model.max_seq_length or model.tokenizer.model_max_length)
 
 
 def apply_dtype(module: torch.nn.Module, dtype: str) -> torch.nn.Module:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
-from .base import Encoded, TokenizerAdapter, apply_dtype, call_overhead, plan_groups
+from .base import (
+    Encoded,
+    TokenizerAdapter,
+    apply_dtype,
+    call_overhead,
+    load_sentence_model,
+    max_input_tokens,
+    plan_groups,
+)
 
 
 class CrossEncoderScorer:
@@ -18,17 +25,13 @@ class CrossEncoderScorer:
     def __init__(self, path: str, *, device: str = "cpu", dtype: str = "float32"):
         from sentence_transformers import CrossEncoder
 
-        self.path = path
-        self.device = device
-        self.dtype = dtype
-        # a local folder never needs the hub (not even for model-card metadata)
-        model = CrossEncoder(path, device=device, local_files_only=Path(path).is_dir())
-        model.eval()
+        self.path, self.device, self.dtype = path, device, dtype
+        model = load_sentence_model(CrossEncoder, path, device)
         if model.num_labels != 1:
             raise ValueError(f"{path}: a reranker needs one output label, this model has {model.num_labels}")
         self.model = apply_dtype(model, dtype)
         self.activation = model.activation_fn
-        self.max_tokens = int(model.max_seq_length or model.tokenizer.model_max_length)
+        self.max_tokens = max_input_tokens(model)
         self.tokens = TokenizerAdapter(model.tokenizer, self.max_tokens, device)
         self.call_overhead = call_overhead(device)
 

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .base import Encoded, TokenizerAdapter, apply_dtype, call_overhead, plan_groups
+from .base import (
+    Encoded,
+    TokenizerAdapter,
+    apply_dtype,
+    call_overhead,
+    load_sentence_model,
+    max_input_tokens,
+    plan_groups,
+)
 
 
 @dataclass(frozen=True)
@@ -26,14 +33,10 @@ class DenseEncoder:
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.base.modules.normalize import Normalize
 
-        self.path = path
-        self.device = device
-        self.dtype = dtype
-        # a local folder never needs the hub (not even for model-card metadata)
-        model = SentenceTransformer(path, device=device, local_files_only=Path(path).is_dir())
-        model.eval()
+        self.path, self.device, self.dtype = path, device, dtype
+        model = load_sentence_model(SentenceTransformer, path, device)
         self.model = apply_dtype(model, dtype)
-        max_tokens = int(model.max_seq_length or model.tokenizer.model_max_length)
+        max_tokens = max_input_tokens(model)
         dimension = model.get_embedding_dimension()
         if dimension is None:
             raise ValueError(f"{path}: the model does not report its embedding dimension")
