@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -67,13 +68,12 @@ async def streamed(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str,
     done: dict[str, Any] | None = None
     async with client.stream("POST", "/rag/query", json={**body, "stream": True}) as resp:
         resp.raise_for_status()
-        async for line in resp.aiter_lines():
-            if line.startswith("data: "):
-                event = json.loads(line[6:])
-                if event.get("type") == "done":
-                    done = event
-                elif event.get("type") == "error":
-                    raise RuntimeError(event)
+        async for sse in EventSource(resp).aiter_sse():
+            event = json.loads(sse.data)
+            if event.get("type") == "done":
+                done = event
+            elif event.get("type") == "error":
+                raise RuntimeError(event)
     assert done is not None, "the stream ended without 'done'"
     return split(done["timings"], (time.perf_counter() - started) * 1000)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from httpx_sse import EventSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -61,10 +62,10 @@ async def stream_chat(client: httpx.AsyncClient, content: str, max_tokens: int) 
     usage: dict[str, int] = {}
     async with client.stream("POST", "/v1/chat/completions", json=body) as r:
         r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+        async for sse in EventSource(r).aiter_sse():
+            if sse.data == "[DONE]":
                 continue
-            chunk = json.loads(line[6:])
+            chunk = json.loads(sse.data)
             if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
                 first = time.perf_counter()
             usage = chunk.get("usage") or usage

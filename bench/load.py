@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -186,11 +187,9 @@ async def _read_stream(resp: httpx.Response, start: float, kind: str) -> tuple[s
     ttft: float | None = None
     finished = done = error = False
     last = ""
-    async for line in resp.aiter_lines():
-        if not line.startswith("data: "):
-            continue
-        last = line[:200]
-        data = line[6:]
+    async for sse in EventSource(resp).aiter_sse():
+        last = sse.data[:200]
+        data = sse.data
         if data == "[DONE]":
             done = True
             continue

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from services.common.auth import ANONYMOUS, Principal
-from services.common.service import loaded_service
+from services.common.service import loaded_service, service_dependency
 
 from .service import RagService
 
@@ -23,4 +23,5 @@ def caller(request: Request) -> Principal:
     return principal
 
 
-Rag = Annotated[RagService, Depends(get_rag)]
+# an async dependency (a plain `def` one would run on FastAPI's thread pool: a thread hop per request)
+Rag = Annotated[RagService, Depends(service_dependency)]

@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol
 
 import httpx
+from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from services.common.errors import NotReady, UpstreamUnavailable
 from services.common.upstream import NO_RETRY, Retry, call, send, upstream_error
@@ -68,11 +69,11 @@ class InProcessGenerator:
                 await aclose()
 
 
-def _chunk(line: str) -> ChatCompletionChunk | None:
-    """The chunk of one SSE line (None for other lines and `[DONE]`); an error event raises its error."""
-    if not line.startswith("data: ") or line == "data: [DONE]":
+def _chunk(event: ServerSentEvent) -> ChatCompletionChunk | None:
+    """The chunk of one SSE event (None for `[DONE]`); an error event raises its error."""
+    if not event.data or event.data == "[DONE]":
         return None
-    data: dict[str, Any] = json.loads(line[6:])
+    data: dict[str, Any] = json.loads(event.data)
     if "error" in data and "choices" not in data:
         status = {"rate_limit_error": 429, "invalid_request_error": 400}.get(data["error"].get("type"), 500)
         raise upstream_error(status, data)
@@ -109,10 +110,10 @@ class HttpGenerator:
             service="generation", retry=self.retry, idempotent=False,
         )  # fmt: skip
         try:
-            async for line in resp.aiter_lines():
-                if (chunk := _chunk(line)) is not None:
+            async for event in EventSource(resp).aiter_sse():
+                if (chunk := _chunk(event)) is not None:
                     yield chunk
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, SSEError) as exc:
             raise UpstreamUnavailable(f"The generation service at {self.client.base_url} failed: {exc}") from exc
         finally:
             await resp.aclose()

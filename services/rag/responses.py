@@ -31,7 +31,7 @@ from inferag_protocol.rag import (
 from services.common.errors import InvalidRequest
 from services.common.http import cancel_on_disconnect
 from services.common.protocol import error_responses, sse_response_doc
-from services.common.service import require_key
+from services.common.service import keyed_router, require_key
 from services.generation.responses.protocol import (
     OutputMessage,
     OutputText,
@@ -55,7 +55,7 @@ from .citations import MARKER, marker_numbers
 from .dependencies import Rag, caller
 from .serving import rag_targets
 
-router = APIRouter(dependencies=[Depends(require_key)])
+router = keyed_router()
 # The status of an error event the answer stream ends with, by its OpenAI error type.
 _ERROR_STATUS = {"invalid_request_error": 400, "rate_limit_error": 429}
 

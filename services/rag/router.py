@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
@@ -38,7 +38,7 @@ from inferag_protocol.rag import (
 from services.common.errors import InvalidRequest, NotFound
 from services.common.http import cancel_on_disconnect
 from services.common.protocol import error_responses, sse_response_doc
-from services.common.service import require_key
+from services.common.service import keyed_router
 from services.common.sse import sse_response, typed_events
 from services.generation.protocol import ChatCompletionRequest
 
@@ -49,7 +49,7 @@ from .serving import RAG_MODEL_PREFIX
 
 __all__ = ["RAG_MODEL_PREFIX", "router"]
 
-router = APIRouter(dependencies=[Depends(require_key)])
+router = keyed_router()
 
 # 409: a collection in another state (another embedding model or graph mode, no graph, a name taken).
 _ERRORS = error_responses(400, 401, 403, 404, 409, 429, 503)

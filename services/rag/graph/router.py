@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Query, Request
 from fastapi.responses import Response
 
 from inferag_protocol.graph import EntityDetail, EntityList, GraphStats
 from services.common.protocol import error_responses
-from services.common.service import require_key
+from services.common.service import keyed_router
 
 from ..dependencies import Rag, caller
 
-router = APIRouter(dependencies=[Depends(require_key)], tags=["rag"])
+router = keyed_router(tags=["rag"])
 # 409: the collection has no knowledge graph
 _ERRORS = error_responses(400, 401, 403, 404, 409, 429, 503)
 
