@@ -16,7 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from inferag_client import AsyncInferagClient, InferagError
-from inferag_client.cli import ApiKey, Collection, JsonOut, Url, _emit, _errors, collections_app, err, out
+from inferag_client.cli import ApiKey, Collection, JsonOut, Url, collections_app, emit, err, exit_on_error, out
 from inferag_client.models import DocumentIn, IngestResult, Job
 from services.generation.weights.cli import app as weights_app
 
@@ -81,12 +81,12 @@ def evaluate(
         data.qrels = {q: r for q, r in data.qrels.items() if q in data.queries}
         data.answers = {q: a for q, a in data.answers.items() if q in data.queries}
     names = [c.strip() for c in configs.split(",") if c.strip()]
-    with _errors(json_out):
+    with exit_on_error(json_out):
         retrieval, answer_results = asyncio.run(
             _evaluate(data, collection, names, answers, ingest_corpus, top_k, concurrency, url, api_key, timeout)
         )
     if json_out:
-        _emit(rag_eval.results_json(data, retrieval, answer_results))
+        emit(rag_eval.results_json(data, retrieval, answer_results))
     else:
         out.print(rag_eval.render_table(retrieval, answer_results, title=f"{data.name} → {collection}"))
 

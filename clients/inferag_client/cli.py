@@ -61,7 +61,7 @@ def _client(url: str | None, api_key: str | None) -> InferagClient:
     return InferagClient(url, api_key)
 
 
-def _emit(data: Any) -> None:
+def emit(data: Any) -> None:
     """One JSON document on stdout (pydantic models as their wire JSON)."""
     if hasattr(data, "model_dump"):
         data = data.model_dump(mode="json")
@@ -70,13 +70,13 @@ def _emit(data: Any) -> None:
 
 
 @contextlib.contextmanager
-def _errors(json_out: bool) -> Iterator[None]:
+def exit_on_error(json_out: bool) -> Iterator[None]:
     """An error answer of the stack ends the command with status 1, its body on stdout in --json mode."""
     try:
         yield
     except InferagError as exc:
         if json_out:
-            _emit({**exc.body, "status": exc.status})
+            emit({**exc.body, "status": exc.status})
         else:
             err.print(f"[red]error[/]: {exc}")
         raise typer.Exit(1) from exc
@@ -109,10 +109,10 @@ def collections(ctx: typer.Context, url: Url = None, api_key: ApiKey = None, jso
     """List the collections with their document and chunk counts."""
     if ctx.invoked_subcommand is not None:
         return
-    with _errors(json_out), _client(url, api_key) as client:
+    with exit_on_error(json_out), _client(url, api_key) as client:
         listing = client.collections.list()
     if json_out:
-        _emit(listing)
+        emit(listing)
         return
     table = Table()
     for column in ("name", "documents", "chunks", "dimension", "embedding model"):
@@ -133,10 +133,10 @@ def collections_create(
     json_out: JsonOut = False,
 ) -> None:
     """Create an empty collection."""
-    with _errors(json_out), _client(url, api_key) as client:
+    with exit_on_error(json_out), _client(url, api_key) as client:
         info = client.collections.create(name, graph=graph)
     if json_out:
-        _emit(info)
+        emit(info)
         return
     out.print(f"created [bold]{info.name}[/] ({info.dimension} dimensions, graph {info.settings.get('graph', 'off')})")
 
@@ -144,9 +144,9 @@ def collections_create(
 @collections_app.command("delete")
 def collections_delete(name: str, url: Url = None, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
     """Delete a collection and everything in it."""
-    with _errors(json_out), _client(url, api_key) as client:
+    with exit_on_error(json_out), _client(url, api_key) as client:
         deleted = client.collections.delete(name)
-    _emit(deleted) if json_out else out.print(f"deleted [bold]{name}[/]")
+    emit(deleted) if json_out else out.print(f"deleted [bold]{name}[/]")
 
 
 @collections_app.command("snapshot")
@@ -157,10 +157,10 @@ def collections_snapshot(
     url: Url = None, api_key: ApiKey = None, json_out: JsonOut = False,
 ) -> None:
     """Save a snapshot of a collection (chunks, vectors, document registry) to a file."""
-    with _errors(json_out), _client(url, api_key) as client:
+    with exit_on_error(json_out), _client(url, api_key) as client:
         path = client.collections.snapshot(name, output or Path(f"{name}.snapshot.tar.gz"))
     size = path.stat().st_size
-    _emit({"collection": name, "file": str(path), "bytes": size}) if json_out else \
+    emit({"collection": name, "file": str(path), "bytes": size}) if json_out else \
         out.print(f"saved [bold]{name}[/] to {path} ({size / 1e6:.1f} MB)")
 
 
@@ -171,9 +171,9 @@ def collections_restore(
     url: Url = None, api_key: ApiKey = None, json_out: JsonOut = False,
 ) -> None:
     """Restore a snapshot file as a new collection (on this stack, embedded or on a Qdrant server)."""
-    with _errors(json_out), _client(url, api_key) as client:
+    with exit_on_error(json_out), _client(url, api_key) as client:
         info = client.collections.restore(file, name)
-    _emit(info) if json_out else out.print(
+    emit(info) if json_out else out.print(
         f"restored [bold]{info.name}[/]: {info.documents} documents, {info.points} chunks")
 
 
@@ -192,10 +192,10 @@ def graph_entities(
     json_out: JsonOut = False,
 ) -> None:
     """Entities of a collection's graph with their type, degree and mentions."""
-    with _errors(json_out), _client(url, api_key) as client:
+    with exit_on_error(json_out), _client(url, api_key) as client:
         listing = client.graph.entities(collection, query, limit=limit)
     if json_out:
-        _emit(listing)
+        emit(listing)
         return
     table = Table(title=f"{len(listing.data)} of {listing.total} entities")
     for column in ("name", "type", "degree", "chunks", "documents", "score", "id"):
@@ -211,10 +211,10 @@ def graph_entity(
     collection: Collection, entity_id: str, url: Url = None, api_key: ApiKey = None, json_out: JsonOut = False
 ) -> None:
     """One entity: its relations and the chunks that mention it."""
-    with _errors(json_out), _client(url, api_key) as client:
+    with exit_on_error(json_out), _client(url, api_key) as client:
         detail = client.graph.entity(collection, entity_id)
     if json_out:
-        _emit(detail)
+        emit(detail)
         return
     out.print(f"[bold]{detail.name}[/] ({detail.type}) — {detail.degree} relations, {detail.chunks} chunks "
               f"in {detail.documents} documents")
@@ -233,10 +233,10 @@ def graph_entity(
 @graph_app.command("stats")
 def graph_stats(collection: Collection, url: Url = None, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
     """How the graph is made and how big it is."""
-    with _errors(json_out), _client(url, api_key) as client:
+    with exit_on_error(json_out), _client(url, api_key) as client:
         stats = client.graph.stats(collection)
     if json_out:
-        _emit(stats)
+        emit(stats)
         return
     out.print(f"{collection}: graph {stats.mode}, {stats.entities} entities, {stats.relations} relations, "
               f"{stats.chunks} chunks of {stats.documents} documents")
@@ -251,7 +251,7 @@ def graph_export(
     api_key: ApiKey = None,
 ) -> None:
     """The whole graph, for Gephi, yEd, Neo4j (GraphML import) or NetworkX."""
-    with _errors(False), _client(url, api_key) as client:
+    with exit_on_error(False), _client(url, api_key) as client:
         data = client.graph.export(collection, format)
     if output is None:
         sys.stdout.buffer.write(data)
@@ -340,7 +340,7 @@ def ingest(
     failed = [e for e in report if e["status"] != "succeeded"]
     chunks = sum(int(e.get("chunks") or 0) for e in report)
     if json_out:
-        _emit({"collection": collection, "files": report, "chunks": chunks, "failed": len(failed)})
+        emit({"collection": collection, "files": report, "chunks": chunks, "failed": len(failed)})
     else:
         out.print(
             f"{len(report) - len(failed)}/{len(report)} files ingested into [bold]{collection}[/], {chunks} chunks"
@@ -368,9 +368,9 @@ def ask(
     """Answer one question from a collection: the answer streams, then its sources and timings."""
     options: dict[str, Any] = {"top_k": top_k, "rerank_top_n": rerank_top_n, "mode": mode}
     options.update({k: v for k, v in {"max_tokens": max_tokens, "model": model}.items() if v is not None})
-    with _errors(json_out), _client(url, api_key) as client:
+    with exit_on_error(json_out), _client(url, api_key) as client:
         if json_out:
-            _emit(client.query(question, collection=collection, **options))
+            emit(client.query(question, collection=collection, **options))
             return
         _stream_answer(client, collection, question=question, options=options)
 
@@ -431,7 +431,7 @@ def chat(
 
     With --json each turn is printed as one JSON line (question, answer, sources) after its stream.
     """
-    with _errors(json_out), _client(url, api_key) as client:
+    with exit_on_error(json_out), _client(url, api_key) as client:
         history: list[dict[str, str]] = [{"role": "system", "content": system}] if system and not collection else []
         if collection is None:
             model = _chat_model(client, model)
@@ -505,7 +505,7 @@ def perplexity(
     texts = [text] if whole else [line for line in text.splitlines() if line.strip()]
     if not texts or not any(t.strip() for t in texts):
         raise typer.BadParameter(f"{file} holds no text", param_hint="FILE")
-    with _errors(json_out), _client(url, api_key) as client:
+    with exit_on_error(json_out), _client(url, api_key) as client:
         model = _chat_model(client, model)
         data = []
         for start in range(0, len(texts), _PERPLEXITY_BATCH):
@@ -515,7 +515,7 @@ def perplexity(
     total_nll = sum(d.nll * (len(d.tokens) - 1) for d in data) / scored
     overall = {"tokens": scored, "nll": total_nll, "perplexity": math.exp(min(total_nll, 700.0))}
     if json_out:
-        _emit({"model": model, "data": [d.model_dump(mode="json") for d in data], "overall": overall})
+        emit({"model": model, "data": [d.model_dump(mode="json") for d in data], "overall": overall})
         return
     table = Table(title=f"perplexity under {model}", title_justify="left")
     for column in ("#", "tokens", "nll", "perplexity", "text"):

@@ -10,7 +10,6 @@ the answer says it does not know, without asking the model.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from .context import Embedder, SourceContext, select_context
 from .generator import Generator
 from .metrics import RagMetrics, Timings
 from .prompt import NO_ANSWER, answer_messages
-from .retrieval import Retriever
+from .retrieval import Searcher, best_sources
 from .settings import RagSettings
 
 REWRITE_PROMPT = (
@@ -64,7 +63,7 @@ class Prepared:
 class Answerer:
     def __init__(
         self,
-        retriever: Retriever,
+        retriever: Searcher,
         generator: Generator,
         embedder: Embedder,
         count_tokens: Callable[[str], int],
@@ -109,32 +108,12 @@ class Answerer:
         return queries
 
     async def sources(self, req: QueryRequest, queries: list[str], timings: Timings) -> list[Hit]:
-        """Retrieved (union over the queries, best score per chunk), reranked and thresholded sources."""
-        runs = await asyncio.gather(
-            *(
-                self.retriever.retrieve(
-                    req.targets(),
-                    q,
-                    top_k=req.top_k,
-                    mode=req.mode,
-                    fusion=req.fusion,
-                    filter=req.filter,
-                    timings=timings,
-                )  # fmt: skip
-                for q in queries
-            )
-        )
-        best: dict[str, Hit] = {}
-        for hit in (h for run in runs for h in run):
-            if hit.id not in best or hit.score > best[hit.id].score:
-                best[hit.id] = hit
-        hits = sorted(best.values(), key=lambda h: -h.score)[: req.top_k]
+        """The request's sources from the retrieval stage (`min_score` the default threshold)."""
         threshold = req.score_threshold if req.score_threshold is not None else self.settings.min_score
-        if self.retriever.should_rerank(req.rerank, threshold is not None):
-            hits = await self.retriever.rerank(queries[0], hits, req.rerank_top_n, timings)
-        if threshold is not None:
-            hits = [h for h in hits if h.score >= threshold]
-        return hits[: req.rerank_top_n]
+        return await best_sources(
+            self.retriever, req.targets(), queries, keep=req.rerank_top_n, top_k=req.top_k, mode=req.mode,
+            fusion=req.fusion, filter=req.filter, rerank=req.rerank, score_threshold=threshold, timings=timings,
+        )  # fmt: skip
 
     async def prepare(self, req: QueryRequest) -> Prepared:
         """The grounding step both ways of answering share: model, query, selected sources, messages."""

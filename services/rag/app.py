@@ -20,10 +20,11 @@ from services.generation.responses.store import ResponseStore
 
 from . import responses
 from .agent import make_agent_router
+from .dependencies import caller, get_rag
 from .graph.router import router as graph_router
 from .metrics import RagMetrics
 from .retrieval import GRAPH_MODES
-from .router import caller, get_rag, router
+from .router import router
 from .service import KnowledgeBase, Links, RagService, http_links
 from .settings import RagSettings
 from .store import StoreLocked, StoreNeedsMigration, check_folder_free

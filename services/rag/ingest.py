@@ -17,7 +17,7 @@ from typing import Any
 
 from inferag_protocol.graph import GraphMode
 from inferag_protocol.rag import Chunk, DocumentInfo, IngestResult, Job, JobError
-from services.common.errors import Conflict, InferagError, InvalidRequest, NotFound, Overloaded
+from services.common.errors import InferagError, InvalidRequest, NotFound, Overloaded
 from services.embeddings.client import Embedder
 
 from .bm25 import BM25Encoder
@@ -102,21 +102,11 @@ class Ingestor:
         """Create the collection for this embedding model on first use (with a knowledge graph made as `graph`
         says, default `graph_default`); refuse one made for another model."""
         try:
-            await self.check_collection(name)
+            await self.store.check_embedding(name, self.embedder.embed_model, self.embedder.dimension)
         except NotFound:  # create_collection is idempotent, and a Conflict if another model won a race
             await self.store.create_collection(
                 name, dimension=self.embedder.dimension, embed_model=self.embedder.embed_model, sparse_model="bm25",
                 metadata={SETTING: graph or self.settings.graph_default},
-            )
-
-    async def check_collection(self, name: str) -> None:
-        """NotFound (404) without the collection, Conflict (409) when it holds another model's vectors."""
-        dimension, model = await self.store.embedding(name)
-        if model != self.embedder.embed_model or dimension != self.embedder.dimension:
-            raise Conflict(
-                f"Collection '{name}' holds vectors of '{model}' ({dimension} dimensions); this "
-                f"service embeds with '{self.embedder.embed_model}'. Use another collection or the same model.",
-                param="collection",
             )
 
     async def prepare(self, doc: ParsedDocument, chunking: dict[str, Any] | None) -> list[Chunk]:

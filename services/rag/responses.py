@@ -52,7 +52,8 @@ from services.generation.responses.serving import (
 from services.generation.responses.store import ResponseStore
 
 from .citations import MARKER, marker_numbers
-from .router import Rag, caller, rag_targets
+from .dependencies import Rag, caller
+from .serving import rag_targets
 
 router = APIRouter(dependencies=[Depends(require_key)])
 # The status of an error event the answer stream ends with, by its OpenAI error type.

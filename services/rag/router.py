@@ -5,79 +5,50 @@ Routes only turn requests into calls on the loaded `RagService` and results into
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import shutil
-import time
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
 from inferag_protocol.rag import (
     ChunkRequest,
     ChunkResponse,
-    CitationsEvent,
     CollectionCreate,
     CollectionInfo,
     CollectionList,
-    CollectionName,
     Deleted,
-    DeltaEvent,
     DocumentDetail,
-    DocumentIn,
     DocumentList,
-    DoneEvent,
-    ErrorEvent,
     IngestRequest,
     IngestResult,
     Job,
     JobList,
-    Message,
-    QueryEvent,
     QueryRequest,
     QueryResponse,
     RerankRequest,
     RerankResponse,
-    RerankResult,
     RetrieveRequest,
     RetrieveResponse,
 )
-from services.common.auth import ANONYMOUS, Principal
-from services.common.errors import InvalidRequest, ModelNotFound, NotFound
+from services.common.errors import InvalidRequest, NotFound
 from services.common.http import cancel_on_disconnect
 from services.common.protocol import error_responses, sse_response_doc
-from services.common.service import loaded_service, require_key
-from services.common.sse import DONE, sse_data, sse_response, typed_events
+from services.common.service import require_key
+from services.common.sse import sse_response, typed_events
 from services.generation.protocol import ChatCompletionRequest
 
-from .ingest import Upload
+from . import serving
+from .dependencies import Rag, caller
 from .metrics import Timings
-from .parsing import ParsedDocument, check_url, fetch_options, html_markdown, kind_of, parse_options
-from .service import RagService
+from .serving import RAG_MODEL_PREFIX
 
-RAG_MODEL_PREFIX = "rag:"
+__all__ = ["RAG_MODEL_PREFIX", "router"]
 
-
-def get_rag(request: Request) -> RagService:
-    service: RagService = loaded_service(request)
-    return service
-
-
-def caller(request: Request) -> Principal:
-    """Who is calling (set by the key check); collections outside its scope are 403."""
-    principal: Principal = getattr(request.state, "principal", ANONYMOUS)
-    return principal
-
-
-Rag = Annotated[RagService, Depends(get_rag)]
 router = APIRouter(dependencies=[Depends(require_key)])
 
 # 409: a collection in another state (another embedding model or graph mode, no graph, a name taken).
@@ -202,40 +173,6 @@ _INGEST_BODY = {
 }
 
 
-def _json_field(form: Any, name: str, expected: type) -> Any:
-    raw = form.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = json.loads(raw)
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"'{name}' must be JSON.", param=name) from None
-    if not isinstance(value, expected):
-        raise InvalidRequest(f"'{name}' must be a JSON {expected.__name__}.", param=name)
-    return value
-
-
-async def _uploads(request: Request, rag: RagService) -> tuple[list[Upload], dict[str, Any] | None, bool | None]:
-    form = await request.form(max_files=10_000)
-    files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
-    if not files:
-        raise InvalidRequest("Send one or more 'files' parts.", param="files")
-    ids = _json_field(form, "doc_ids", list)
-    if ids is not None and (len(ids) != len(files) or not all(isinstance(i, str) and i for i in ids)):
-        raise InvalidRequest("'doc_ids' must list one non-empty id per file.", param="doc_ids")
-    metadata = _json_field(form, "metadata", dict)
-    chunking = _json_field(form, "chunking", dict)
-    background = form.get("background")
-    text_field = form.get("text_field")
-    options = parse_options(rag.settings, text_field=str(text_field) if text_field else None)
-    uploads = []
-    for i, f in enumerate(files):
-        name = f.filename or "upload.txt"
-        kind_of(name)  # an unsupported name is 415 before any file is read
-        uploads.append(Upload(name, await f.read(), ids[i] if ids else None, metadata, options))
-    return uploads, chunking, None if background in (None, "") else str(background).lower() == "true"
-
-
 @router.post(
     "/rag/collections/{name}/documents",
     response_model=IngestResult,
@@ -251,10 +188,9 @@ async def ingest(name: str, request: Request, rag: Rag) -> Response:
     README's formats table); large ones run as a job (202)."""
     caller(request).check(name, write=True)
     size = int(request.headers.get("content-length") or 0)
-    items: list[ParsedDocument | Upload]
+    items: list[serving.Item]
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        uploads, chunking, background = await _uploads(request, rag)
-        items = list(uploads)
+        items, chunking, background = await serving.form_uploads(await request.form(max_files=10_000), rag.settings)
     else:
         try:
             body = IngestRequest.model_validate_json(await request.body())
@@ -262,37 +198,9 @@ async def ingest(name: str, request: Request, rag: Rag) -> Response:
             # the same 400 body as every request FastAPI validates itself
             raise RequestValidationError(exc.errors()) from None
         chunking, background = body.chunking, body.background
-        items = [await _json_item(i, d, rag) for i, d in enumerate(body.documents)]
-    if background is None:
-        background = size > rag.settings.background_threshold_bytes or len(items) > 16
-    if background:
-        await rag.ingestor.ensure_collection(name)
-        job = await rag.jobs.submit(name, items, chunking)
-        return JSONResponse(job.model_dump(mode="json"), status_code=202)
-    # parsing (PDF text, OCR, fetching a page) blocks: off the event loop
-    docs = [doc for item in items for doc in (await asyncio.to_thread(item.parse) if isinstance(item, Upload)
-                                               else [item])]  # fmt: skip
-    result = await rag.ingestor.ingest(name, docs, chunking)
-    return JSONResponse(result.model_dump(mode="json"))
-
-
-async def _json_item(index: int, d: DocumentIn, rag: RagService) -> ParsedDocument | Upload:
-    """A JSON document, or for a `url` one the fetch to make (its address checked now, so a refusal is a 400)."""
-    if d.url is None:
-        return _document(d.text or "", d.format, d.source, d.metadata, d.id)
-    fetching = fetch_options(rag.settings)
-    await asyncio.to_thread(check_url, d.url, fetching, f"documents.{index}.url")
-    return Upload(d.url, b"", d.id, d.metadata, parse_options(rag.settings), url=d.url, fetch=fetching)
-
-
-def _document(
-    text: str, fmt: str, source: str | None = None, metadata: dict[str, Any] | None = None, doc_id: str | None = None
-) -> ParsedDocument:
-    """A JSON document ready for chunking (HTML turned into markdown, its title into metadata)."""
-    if fmt == "html":
-        text, extra = html_markdown(text)
-        return ParsedDocument(text, "markdown", source, {**extra, **(metadata or {})}, doc_id)
-    return ParsedDocument(text, fmt, source, metadata or {}, doc_id)
+        items = await serving.json_items(body.documents, rag.settings)
+    result = await serving.ingest(rag, name, items, chunking, background, size)
+    return JSONResponse(result.model_dump(mode="json"), status_code=202 if isinstance(result, Job) else 200)
 
 
 @router.get("/rag/collections/{name}/documents", response_model=DocumentList, responses=_ERRORS, tags=["rag"])
@@ -352,10 +260,7 @@ async def get_job(job_id: str, request: Request, rag: Rag) -> Job:
 @router.post("/rag/chunk", response_model=ChunkResponse, responses=_BODY_ERRORS, tags=["rag"])
 async def chunk(body: ChunkRequest, rag: Rag) -> ChunkResponse:
     """Chunks of a text as ingestion would make them, without storing anything."""
-    doc = _document(body.text, body.format)
-    params = rag.ingestor.chunking(body.chunking, doc.format)
-    chunks = await rag.chunker.chunk(doc.text, params)
-    return ChunkResponse(data=chunks, strategy=params.strategy, max_tokens=rag.chunker.max_tokens)
+    return await serving.chunk(rag, body)
 
 
 @router.post("/rag/retrieve", response_model=RetrieveResponse, responses=_BODY_ERRORS, tags=["rag"])
@@ -374,18 +279,7 @@ async def retrieve(body: RetrieveRequest, request: Request, rag: Rag) -> Retriev
 @router.post("/rag/rerank", response_model=RerankResponse, responses=_BODY_ERRORS, tags=["rag"])
 async def rerank(body: RerankRequest, rag: Rag) -> RerankResponse:
     """Passages (or a retrieval's hits) ordered by the rerank service."""
-    texts = body.documents if body.documents is not None else [h.text for h in body.hits or []]
-    ranked = await rag.links.embeddings.rerank(body.query, texts, body.top_n)
-    results = [
-        RerankResult(
-            index=i,
-            relevance_score=score,
-            document=texts[i] if body.documents is not None else None,
-            hit=(body.hits[i].model_copy(update={"score": score}) if body.hits is not None else None),
-        )
-        for i, score in ranked
-    ]
-    return RerankResponse(model=rag.links.embeddings.rerank_model, data=results)
+    return await serving.rerank(rag, body)
 
 
 # ---------------------------------------------------------------- answers
@@ -407,109 +301,16 @@ async def query(body: QueryRequest, request: Request, rag: Rag) -> Response:
     return JSONResponse(result.model_dump(mode="json"))
 
 
-_COLLECTION_NAME: TypeAdapter[str] = TypeAdapter(CollectionName)
-# As many as a query may name (QueryRequest.collections).
-MAX_RAG_TARGETS = 16
-
-
-def rag_targets(model: str) -> list[str]:
-    """Collections named by a `rag:<collection>[,<collection>…]` model: 404 for a name no collection can
-    have, 400 for more than a query may name."""
-    names = [n.strip() for n in model.removeprefix(RAG_MODEL_PREFIX).split(",") if n.strip()]
-    if not model.startswith(RAG_MODEL_PREFIX) or not names:
-        raise ModelNotFound(model)
-    for name in names:
-        try:
-            _COLLECTION_NAME.validate_python(name)
-        except ValidationError:
-            raise ModelNotFound(model) from None
-    if len(names) > MAX_RAG_TARGETS:
-        raise InvalidRequest(
-            f"A rag: model names at most {MAX_RAG_TARGETS} collections ({len(names)} given).",
-            param="model",
-            code="too_many_collections",
-        )
-    return names
-
-
 @router.post("/v1/chat/completions", responses=_ERRORS, tags=["openai"], include_in_schema=False)
 async def rag_chat_completions(body: ChatCompletionRequest, request: Request, rag: Rag) -> Response:
     """OpenAI chat on a collection (`model: "rag:<collection>"`); sources in the extra `sources` field."""
-    targets = rag_targets(body.model)
+    targets = serving.rag_targets(body.model)
     for name in targets:
         caller(request).check(name)
-    turns = [m for m in body.messages if m.role in ("user", "assistant")]
-    if not turns or turns[-1].role != "user":
-        raise InvalidRequest("The last message must be the user's.", param="messages")
-    extra = body.model_extra or {}
-    req = QueryRequest(
-        collections=targets,
-        messages=[Message(role=m.role, content=m.text()) for m in turns],
-        max_tokens=body.completion_limit(),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
-        rewrite_query=bool(extra.get("rewrite_query", len(turns) > 1)),
-        stream=body.stream,
-    )
-    created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
-    if not body.stream:
-        answer = await cancel_on_disconnect(request, rag.answerer.answer(req))
-        return JSONResponse(
-            {
-                "id": cid,
-                "object": "chat.completion",
-                "created": created,
-                "model": body.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": answer.answer},
-                        "finish_reason": answer.finish_reason or "stop",
-                    }
-                ],
-                "usage": answer.usage.model_dump(),
-                "sources": [c.model_dump(mode="json") for c in answer.citations],
-                "timings": answer.timings,
-            }  # fmt: skip
-        )
-    events = await cancel_on_disconnect(request, rag.answerer.stream(req))
-    return sse_response(_openai_chunks(events, cid, created, body.model, body.stream_options))
-
-
-async def _openai_chunks(
-    events: AsyncGenerator[QueryEvent, None], cid: str, created: int, model: str, options: Any
-) -> AsyncIterator[str]:
-    """The RAG events as OpenAI chat chunks; sources ride on the last chunk, which stock clients ignore."""
-
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        return sse_data({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                         "choices": [choice], **extra})  # fmt: skip
-
-    yield chunk({"role": "assistant", "content": ""})
-    citations: list[Any] = []
-    async with contextlib.aclosing(events):
-        async for event in events:
-            if isinstance(event, DeltaEvent):
-                yield chunk({"content": event.text})
-            elif isinstance(event, CitationsEvent):
-                citations = [c.model_dump(mode="json") for c in event.citations]
-            elif isinstance(event, ErrorEvent):
-                yield sse_data({"error": event.error})
-            elif isinstance(event, DoneEvent):
-                yield chunk({}, event.finish_reason or "stop", sources=citations, timings=event.timings)
-                if options is not None and getattr(options, "include_usage", False):
-                    yield sse_data({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                    "model": model, "choices": [], "usage": event.usage.model_dump()})  # fmt: skip
-    yield DONE
-
-
-def rag_model_cards(collections: list[CollectionInfo]) -> list[dict[str, Any]]:
-    return [
-        {"id": f"{RAG_MODEL_PREFIX}{c.name}", "object": "model", "created": 0, "owned_by": "inferag-rag"}
-        for c in collections
-    ]
+    req = serving.chat_query(body, targets)
+    if body.stream:
+        return sse_response(await cancel_on_disconnect(request, serving.chat_chunks(rag, body, req)))
+    return JSONResponse(await cancel_on_disconnect(request, serving.chat_completion(rag, body, req)))
 
 
 @router.get("/v1/models", responses=_LIST_ERRORS, tags=["openai"])
@@ -517,4 +318,4 @@ async def models(request: Request, rag: Rag) -> dict[str, Any]:
     """One `rag:<collection>` model per collection the key may use."""
     who = caller(request)
     mine = [c for c in await rag.store.list_collections() if who.can(c.name)]
-    return {"object": "list", "data": rag_model_cards(mine)}
+    return {"object": "list", "data": serving.rag_model_cards(mine)}

@@ -36,7 +36,7 @@ from .graph.llm import LlmExtractor
 from .graph.service import GraphService
 from .ingest import Ingestor, JobManager
 from .metrics import RagMetrics
-from .retrieval import Retriever
+from .retrieval import Retriever, best_sources
 from .settings import RagSettings
 from .store import VectorStore, open_store
 from .store.snapshots import snapshot_collection_name
@@ -123,13 +123,11 @@ class KnowledgeBase:
         self.service, self.caller, self.mode = service, caller, mode
 
     async def search(self, query: str, collections: list[str], top_k: int) -> list[Hit]:
+        """The best `top_k` sources, from the same retrieval stage and depths as `/rag/query`."""
         for name in collections:
             self.caller.check(name)
-        retriever = self.service.retriever
-        if not retriever.should_rerank(None):
-            return await retriever.retrieve(collections, query, top_k=top_k, mode=self.mode)
-        hits = await retriever.retrieve(collections, query, top_k=max(top_k * 4, 20), mode=self.mode)
-        return await retriever.rerank(query, hits, top_k)
+        return await best_sources(self.service.retriever, collections, [query], keep=top_k, mode=self.mode,
+                                  score_threshold=self.service.settings.min_score)
 
     async def get_document(self, collection: str, doc_id: str) -> tuple[DocumentInfo, list[StoredChunk]]:
         self.caller.check(collection)
@@ -155,7 +153,7 @@ class RagService:
                                         hops=settings.graph_hops, seeds=settings.graph_seeds)
         self.ingestor = Ingestor(store, links.embeddings, chunker, self.sparse, settings, metrics, self.graph)
         self.jobs = JobManager(self.ingestor, settings, metrics)
-        self.retriever = Retriever(store, links.embeddings, links.embeddings, self.sparse, self.ingestor, self.graph)
+        self.retriever = Retriever(store, links.embeddings, links.embeddings, self.sparse, self.graph)
         # Sentences of retrieved chunks (context selection, quotes): embedded and counted once each.
         self.sentence_embeddings = CachedEmbeddings(links.embeddings)
         self.count_tokens = functools.lru_cache(maxsize=20_000)(chunker.count_tokens)

@@ -11,7 +11,7 @@ from inferag_protocol.graph import EntityDetail, EntityList, GraphStats
 from services.common.protocol import error_responses
 from services.common.service import require_key
 
-from ..router import Rag, caller
+from ..dependencies import Rag, caller
 
 router = APIRouter(dependencies=[Depends(require_key)], tags=["rag"])
 # 409: the collection has no knowledge graph

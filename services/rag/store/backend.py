@@ -22,43 +22,42 @@ from qdrant_client import models
 
 from services.common.errors import InferagError
 
+from ..vectors import SparseVector
+
 PayloadSchema = Literal["keyword", "integer", "float", "bool"]
 Fusion = Literal["rrf", "dbsf"]
 
 
-class StoreLocked(InferagError):
+class _FolderUnusable(InferagError):
+    """The store's folder cannot be opened; `message` says why, with `{folder}` in it."""
+
+    status_code = 503
+    type = "service_unavailable"
+    message_template = ""
+
+    def __init__(self, folder: str | Path):
+        super().__init__(self.message_template.format(folder=folder))
+
+
+class StoreLocked(_FolderUnusable):
     """The store's folder is open in another process (the embedded engine allows one)."""
 
-    status_code = 503
-    type = "service_unavailable"
     code = "store_locked"
-
-    def __init__(self, folder: str | Path):
-        super().__init__(
-            f"The vector store folder {folder} is in use by another process (embedded Qdrant allows one). "
-            "Stop the other process, or run a Qdrant server and set QDRANT_URL."
-        )
+    message_template = (
+        "The vector store folder {folder} is in use by another process (embedded Qdrant allows one). "
+        "Stop the other process, or run a Qdrant server and set QDRANT_URL."
+    )
 
 
-class StoreNeedsMigration(InferagError):
+class StoreNeedsMigration(_FolderUnusable):
     """The folder holds a store written by the previous version (qdrant-client's local mode)."""
 
-    status_code = 503
-    type = "service_unavailable"
     code = "store_needs_migration"
-
-    def __init__(self, folder: str | Path):
-        super().__init__(
-            f"The vector store folder {folder} was written by an earlier inferag (qdrant-client's local mode). "
-            "Stop the stack and run `inferag collections migrate` once: it copies every collection into the "
-            "embedded Qdrant engine and keeps the old folder as a backup."
-        )
-
-
-@dataclass(frozen=True)
-class SparseVector:
-    indices: list[int]
-    values: list[float]
+    message_template = (
+        "The vector store folder {folder} was written by an earlier inferag (qdrant-client's local mode). "
+        "Stop the stack and run `inferag collections migrate` once: it copies every collection into the "
+        "embedded Qdrant engine and keeps the old folder as a backup."
+    )
 
 
 @dataclass

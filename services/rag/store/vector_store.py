@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from qdrant_client import models
 
@@ -42,10 +42,6 @@ from .backend import Backend, CollectionSpec, Nearest, Point, Record, SparseVect
 from .documents import DENSE, SPARSE, Staged, registry_name
 from .filters import filter_conditions, live
 from .search import search_collection, stored_chunk
-
-if TYPE_CHECKING:
-    # only the shape (indices, values) is read here; importing it eagerly would load the embeddings stack
-    from services.embeddings.client import SparseVector as EmbeddingsSparse
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +77,7 @@ class DocumentWrite:
     metadata: dict[str, Any] | None
     chunks: Sequence[Chunk]
     dense: Sequence[Sequence[float]]
-    sparse: Sequence[EmbeddingsSparse] | None = None
+    sparse: Sequence[SparseVector] | None = None
 
 
 def validate_collection_name(name: object) -> str:
@@ -341,6 +337,17 @@ class VectorStore:
         meta = await self._meta(name)
         return meta.dimension, meta.embed_model
 
+    async def check_embedding(self, name: str, embed_model: str, dimension: int) -> None:
+        """`NotFound` (404) without the collection, `Conflict` (409) when it holds another model's vectors: what
+        every read and write checks first."""
+        stored_dimension, stored_model = await self.embedding(name)
+        if stored_model != embed_model or stored_dimension != dimension:
+            raise Conflict(
+                f"Collection '{name}' holds vectors of '{stored_model}' ({stored_dimension} dimensions); this "
+                f"service embeds with '{embed_model}'. Use another collection or the same model.",
+                param="collection",
+            )
+
     async def collection_settings(self, name: str) -> dict[str, Any]:
         """The settings given at creation, from the cached metadata (`NotFound` if absent)."""
         await self._ready()
@@ -379,7 +386,7 @@ class VectorStore:
     async def replace_document(self, collection: str, *, doc_id: str, source: str | None,
                                metadata: dict[str, Any] | None, chunks: Sequence[Chunk],
                                dense: Sequence[Sequence[float]],
-                               sparse: Sequence[EmbeddingsSparse] | None = None) -> DocumentInfo:
+                               sparse: Sequence[SparseVector] | None = None) -> DocumentInfo:
         """Store a document's chunks in place of any earlier version, atomically (see `documents.py`)."""
         (info,) = await self.write_documents(collection, [DocumentWrite(doc_id, source, metadata, chunks, dense,
                                                                         sparse)])
@@ -489,7 +496,7 @@ class VectorStore:
         collections: Sequence[str],
         *,
         dense: Sequence[float] | None,
-        sparse: EmbeddingsSparse | None,
+        sparse: SparseVector | None,
         mode: RetrievalMode,
         fusion: Fusion = "rrf",
         top_k: int = 10,
