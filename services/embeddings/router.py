@@ -41,15 +41,10 @@ async def embeddings(body: EmbeddingRequest, request: Request, service: Service)
 
 
 @router.post("/v1/rerank", response_model=RerankResponse, responses=_RESPONSES, tags=["rerank"])
-async def rerank(body: RerankRequest, request: Request, service: Service) -> Response:
-    """Cohere/Jina rerank: documents scored against the query, best first."""
-    return _json(await cancel_on_disconnect(request, service.rerank(body)))
-
-
 @router.post("/rerank", response_model=RerankResponse, responses=_RESPONSES, tags=["rerank"])
-async def rerank_alias(body: RerankRequest, request: Request, service: Service) -> Response:
-    """Same request and response as /v1/rerank."""
-    return await rerank(body, request, service)
+async def rerank(body: RerankRequest, request: Request, service: Service) -> Response:
+    """Cohere/Jina rerank: documents scored against the query, best first (`/rerank`: the same)."""
+    return _json(await cancel_on_disconnect(request, service.rerank(body)))
 
 
 @router.post("/v1/sparse-embeddings", response_model=SparseEmbeddingResponse, responses=_RESPONSES, tags=["sparse"])

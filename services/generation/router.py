@@ -49,15 +49,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_RESPONSES, tags=["openai"])
-async def chat_completions(body: ChatCompletionRequest, request: Request, service: Service) -> Response:
-    """OpenAI chat completions; `stream: true` answers with server-sent events."""
-    return _respond(await cancel_on_disconnect(request, service.chat(body)))
-
-
 @router.post("/v1/chat", response_model=ChatCompletionResponse, responses=_RESPONSES, tags=["openai"])
-async def chat(body: ChatCompletionRequest, request: Request, service: Service) -> Response:
-    """Same request and response as /v1/chat/completions."""
-    return await chat_completions(body, request, service)
+async def chat_completions(body: ChatCompletionRequest, request: Request, service: Service) -> Response:
+    """OpenAI chat completions; `stream: true` answers with server-sent events (`/v1/chat`: the same)."""
+    return _respond(await cancel_on_disconnect(request, service.chat(body)))
 
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=_RESPONSES, tags=["openai"])
