@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, Unpack
 
 import httpx
-from httpx_sse import EventSource
+from httpx_sse import EventSource, SSEError
 
 from inferag_protocol.graph import EntityDetail, EntityList, GraphStats
 from inferag_protocol.perplexity import PerplexityResponse
@@ -71,6 +71,8 @@ class AsyncStream(Generic[E]):
                 if error is not None:
                     raise error_for_body(error)
                 yield event
+        except SSEError as exc:  # not an event stream (a proxy's page, a JSON body)
+            raise ConnectionFailed(f"{self.response.request.url}: {exc}") from exc
         finally:
             await self.response.aclose()
 
@@ -255,15 +257,29 @@ class AsyncInferagClient(ClientBase):
             attempt += 1
 
     async def _stream(self, call: Call[Any], parse: Callable[[str | None, str], E]) -> AsyncStream[E]:
-        try:
-            response = await self._http.send(self._build(self._http, call, stream=True), stream=True)
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"{call.method} {self.base_url}{call.path}: {exc}") from exc
-        if response.status_code >= 400:
-            await response.aread()
-            await response.aclose()
-            raise error_from_response(response)
-        return AsyncStream(response, parse)
+        """The stream's events; one refused before it started (429/503, never connected) is tried again."""
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.send(self._build(self._http, call, stream=True), stream=True)
+            except httpx.TransportError as exc:
+                delay = self._retry_delay(call, attempt, None, refused=isinstance(exc, httpx.ConnectError))
+                if delay is None:
+                    raise ConnectionFailed(f"{call.method} {self.base_url}{call.path}: {exc}") from exc
+                reason = type(exc).__name__
+            else:
+                if response.status_code < 400:
+                    return AsyncStream(response, parse)
+                await response.aread()
+                await response.aclose()
+                error = error_from_response(response)
+                delay = self._retry_delay(call, attempt, error, refused=True)
+                if delay is None:
+                    raise error
+                reason = f"HTTP {response.status_code}"
+            self._log_retry(call, attempt, delay, reason)
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -200,9 +200,17 @@ class UploadOptions(IngestOptions, total=False):
     text_field: str | None  # the text of JSON records
 
 
+def _known(options: Mapping[str, Any], allowed: type) -> None:
+    """A misspelt option is a TypeError, as an unknown keyword argument would be."""
+    unknown = sorted(set(options) - set(allowed.__annotations__))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+
+
 def ingest(
     collection: str, documents: DocumentLike | Sequence[DocumentLike], **options: Unpack[IngestOptions]
 ) -> Call[IngestResult | Job]:
+    _known(options, IngestOptions)
     docs = [documents] if isinstance(documents, str | DocumentIn | Mapping) else list(documents)
     chunking = options.get("chunking")
     request = IngestRequest(
@@ -220,6 +228,7 @@ def upload(
     """Reads the files now (blocking; the async client runs this in a thread)."""
     import json
 
+    _known(options, UploadOptions)
     items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
     files = []
     for item in items:
@@ -445,13 +454,16 @@ class ClientBase:
             headers=headers,
         )
 
-    def _retry_delay(self, call: Call[Any], attempt: int, error: InferagError | None) -> float | None:
+    def _retry_delay(
+        self, call: Call[Any], attempt: int, error: InferagError | None, refused: bool = False
+    ) -> float | None:
         """Seconds to wait before the next attempt, or None to give up.
 
-        Only idempotent calls are repeated, on 429/503 answers and on connection failures (error None).
+        Only idempotent calls are repeated, on 429/503 answers and on connection failures (error None), and
+        any call the server `refused` before starting it (a stream answered 429/503, or never connected).
         The delay is the server's Retry-After when it sent one, else exponential backoff with jitter.
         """
-        if not call.idempotent or attempt >= self.max_retries:
+        if not (call.idempotent or refused) or attempt >= self.max_retries:
             return None
         if error is not None and error.status not in RETRY_STATUSES:
             return None

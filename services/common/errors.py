@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -115,6 +116,15 @@ class EngineError(InferagError):
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# A stream that fails after its first byte ends with an error event (an OpenAI error body, no status): the
+# status it stands for, when a relay must answer with one.
+_EVENT_STATUS = {"invalid_request_error": 400, "rate_limit_error": 429}
+
+
+def status_of_error_event(error: Mapping[str, Any]) -> int:
+    return _EVENT_STATUS.get(str(error.get("type")), 500)
 
 
 def error_for(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,17 +22,10 @@ from prometheus_client import CollectorRegistry
 
 from services.common.errors import NotFound
 from services.common.upstream import NO_RETRY, Retry, call
+from services.common.vectors import SparseVector
 
 from .serving import EmbeddingsService
 from .settings import OPENAI_MAX_INPUTS, EmbeddingsSettings
-
-
-@dataclass(frozen=True)
-class SparseVector:
-    """Non-zero weights over the model's vocabulary (Qdrant's sparse vector shape)."""
-
-    indices: list[int]
-    values: list[float]
 
 
 @runtime_checkable

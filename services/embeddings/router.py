@@ -41,9 +41,10 @@ async def embeddings(body: EmbeddingRequest, request: Request, service: Service)
 
 
 @router.post("/v1/rerank", response_model=RerankResponse, responses=_RESPONSES, tags=["rerank"])
-@router.post("/rerank", response_model=RerankResponse, responses=_RESPONSES, tags=["rerank"])
+@router.post("/rerank", response_model=RerankResponse, responses=_RESPONSES, tags=["rerank"], name="rerank_alias",
+             description="Same request and response as /v1/rerank.")
 async def rerank(body: RerankRequest, request: Request, service: Service) -> Response:
-    """Cohere/Jina rerank: documents scored against the query, best first (`/rerank`: the same)."""
+    """Cohere/Jina rerank: documents scored against the query, best first."""
     return _json(await cancel_on_disconnect(request, service.rerank(body)))
 
 

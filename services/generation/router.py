@@ -49,9 +49,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_RESPONSES, tags=["openai"])
-@router.post("/v1/chat", response_model=ChatCompletionResponse, responses=_RESPONSES, tags=["openai"])
+@router.post("/v1/chat", response_model=ChatCompletionResponse, responses=_RESPONSES, tags=["openai"], name="chat",
+             description="Same request and response as /v1/chat/completions.")
 async def chat_completions(body: ChatCompletionRequest, request: Request, service: Service) -> Response:
-    """OpenAI chat completions; `stream: true` answers with server-sent events (`/v1/chat`: the same)."""
+    """OpenAI chat completions; `stream: true` answers with server-sent events."""
     return _respond(await cancel_on_disconnect(request, service.chat(body)))
 
 

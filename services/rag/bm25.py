@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-from .vectors import SparseVector
+from services.common.vectors import SparseVector
 
 # Lucene's English list (bm25s's STOPWORDS_EN) and the Snowball French list (bm25s's
 # STOPWORDS_FRENCH), inline so indices never depend on which optional packages are installed.

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 
-from services.common.errors import NotReady, UpstreamUnavailable
+from services.common.errors import NotReady, UpstreamUnavailable, status_of_error_event
 from services.common.upstream import NO_RETRY, Retry, call, send, upstream_error
 from services.generation.protocol import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 from services.generation.serving import GenerationService
@@ -75,8 +75,7 @@ def _chunk(event: ServerSentEvent) -> ChatCompletionChunk | None:
         return None
     data: dict[str, Any] = json.loads(event.data)
     if "error" in data and "choices" not in data:
-        status = {"rate_limit_error": 429, "invalid_request_error": 400}.get(data["error"].get("type"), 500)
-        raise upstream_error(status, data)
+        raise upstream_error(status_of_error_event(data["error"]), data)
     return ChatCompletionChunk.model_validate(data)
 
 

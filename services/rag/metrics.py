@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-_STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+from services.common.metrics import LATENCY_BUCKETS
 
 
 class RagMetrics:
@@ -18,7 +18,7 @@ class RagMetrics:
             "Time spent per RAG stage (embed, retrieve, rerank, generate, ttft, total).",
             ["stage"],
             registry=registry,
-            buckets=_STAGE_BUCKETS,
+            buckets=LATENCY_BUCKETS,
         )
         self.documents = Counter(
             "inferag_rag_ingest_documents", "Documents ingested, by outcome.", ["outcome"], registry=registry

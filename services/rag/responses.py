@@ -28,7 +28,7 @@ from inferag_protocol.rag import (
     QueryRequest,
     Usage,
 )
-from services.common.errors import InvalidRequest
+from services.common.errors import InvalidRequest, status_of_error_event
 from services.common.http import cancel_on_disconnect
 from services.common.protocol import error_responses, sse_response_doc
 from services.common.service import keyed_router, require_key
@@ -56,8 +56,6 @@ from .dependencies import Rag, caller
 from .serving import rag_targets
 
 router = keyed_router()
-# The status of an error event the answer stream ends with, by its OpenAI error type.
-_ERROR_STATUS = {"invalid_request_error": 400, "rate_limit_error": 429}
 
 
 def citation_annotations(text: str, citations: list[Citation]) -> list[dict[str, Any]]:
@@ -154,7 +152,7 @@ async def _events(
                 elif isinstance(item, DoneEvent):
                     done = item
                 elif isinstance(item, ErrorEvent):
-                    status = _ERROR_STATUS.get(str(item.error.get("type")), 500)
+                    status = status_of_error_event(item.error)
                     for event in writer.failed(item.error, status):
                         yield event
                     return

@@ -16,6 +16,7 @@ from inferag_client import (
     AsyncInferagClient,
     BadRequest,
     Conflict,
+    ConnectionFailed,
     DeltaEvent,
     DoneEvent,
     InferagClient,
@@ -143,6 +144,44 @@ def test_sse_decoding_keeps_order_and_types() -> None:
     kinds = [type(e) for e in parsed]
     assert kinds == [RetrievalEvent, DeltaEvent, DeltaEvent, UnknownEvent, DoneEvent]
     assert isinstance(parsed[-1], DoneEvent) and parsed[-1].timings == {"total": 1.5}
+
+
+def test_a_stream_refused_before_it_started_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 429 before the first byte generated nothing: the stream is asked again (after Retry-After), as the
+    # OpenAI client did for the CLI's chat; once started, a stream is never repeated.
+    slept: list[float] = []
+    monkeypatch.setattr("inferag_client._client.time.sleep", slept.append)
+    done = {"type": "done", "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            "timings": {}, "finish_reason": "stop"}  # fmt: skip
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            return httpx.Response(429, json=BUSY, headers={"Retry-After": "2"})
+        return httpx.Response(200, text=f"event: done\ndata: {json.dumps(done)}\n\n",
+                              headers={"Content-Type": "text/event-stream"})  # fmt: skip
+
+    with InferagClient("http://stack", transport=httpx.MockTransport(handle)) as client:
+        assert [type(e) for e in client.query_stream("q", collection="c")] == [DoneEvent]
+    assert len(seen) == 2 and slept == [2.0]
+    with InferagClient("http://stack", transport=httpx.MockTransport(handle), max_retries=0) as client:
+        seen.clear()
+        with pytest.raises(RateLimited):
+            client.query_stream("q", collection="c")
+
+
+def test_a_body_that_is_not_an_event_stream_is_a_typed_error() -> None:
+    page = httpx.MockTransport(lambda request: httpx.Response(200, text="<html>proxy</html>",
+                                                              headers={"Content-Type": "text/html"}))  # fmt: skip
+    with InferagClient("http://stack", transport=page) as client, pytest.raises(ConnectionFailed):
+        list(client.query_stream("q", collection="c"))
+
+
+def test_a_misspelt_ingest_option_is_refused() -> None:
+    client = InferagClient("http://stack", transport=httpx.MockTransport(lambda request: httpx.Response(500)))
+    with pytest.raises(TypeError, match="backgroud"):
+        client.documents.ingest("c", ["text"], backgroud=True)  # type: ignore[call-arg]
 
 
 def test_the_sync_client_is_generated_from_the_async_one() -> None:

@@ -21,8 +21,7 @@ from typing import Any, Literal, Protocol
 from qdrant_client import models
 
 from services.common.errors import InferagError
-
-from ..vectors import SparseVector
+from services.common.vectors import SparseVector
 
 PayloadSchema = Literal["keyword", "integer", "float", "bool"]
 Fusion = Literal["rrf", "dbsf"]
