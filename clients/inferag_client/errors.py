@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import email.utils
-import time
 from collections.abc import Mapping
 from typing import Any
+
+from inferag_protocol.common import parse_retry_after
 
 
 class InferagError(Exception):
@@ -120,19 +120,3 @@ def error_for_body(body: Mapping[str, Any]) -> InferagError:
     assert isinstance(error, dict)
     status = _STATUS_BY_CODE.get(str(error.get("code")), 0) or _STATUS_BY_TYPE.get(str(error.get("type")), 500)
     return error_for_status(status, body)
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """`Retry-After` in seconds (a number or an HTTP date), None when absent or unreadable."""
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

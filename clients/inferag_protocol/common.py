@@ -1,8 +1,11 @@
-"""What the API families' wire models share: bounds, ids, the strict request base."""
+"""What the API families' wire models share: bounds, ids, the strict request base, the Retry-After header."""
 
 from __future__ import annotations
 
+import email.utils
+import time
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,6 +18,22 @@ MAX_LOGPROBS = 20
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """`Retry-After` in seconds (a number or an HTTP date), None when absent or unreadable."""
+    value = next((v for k, v in (headers or {}).items() if k.lower() == "retry-after"), None)
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def text_or_items(value: Any) -> str:

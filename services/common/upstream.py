@@ -15,11 +15,11 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import httpx
+
+from inferag_protocol.common import parse_retry_after
 
 from .errors import (
     EngineError,
@@ -92,18 +92,7 @@ def _log_retry(what: str, attempt: int, wait: float, reason: str) -> None:
 
 def retry_after(headers: httpx.Headers | dict[str, str] | None) -> float | None:
     """`Retry-After` in seconds (a number or an HTTP date); None when absent or unreadable."""
-    value = (headers or {}).get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return parse_retry_after(headers)
 
 
 def upstream_error(status: int, body: Any, headers: httpx.Headers | dict[str, str] | None = None) -> InferagError:
