@@ -37,6 +37,7 @@ from httpx_sse import EventSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from inferag_protocol.common import parse_retry_after  # noqa: E402
 from tests.procs import Server, gateway_env, rss_bytes  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
@@ -161,19 +162,12 @@ class LoadReport:
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
-    try:
-        return float(resp.headers["retry-after"])
-    except (KeyError, ValueError):
-        return None
-
-
 async def _refused(report: LoadReport, route: str, resp: httpx.Response, elapsed: float, counting: bool) -> None:
     """Count a non-2xx answer and wait as a polite client would before the next try."""
     if counting:
         report.record(route, resp.status_code)
     if resp.status_code == 429:
-        after = _retry_after(resp)
+        after = parse_retry_after(resp.headers)
         if counting:
             report.retry_after[after is not None] += 1
             report.latency_429.append(elapsed)

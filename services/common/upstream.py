@@ -90,11 +90,6 @@ def _log_retry(what: str, attempt: int, wait: float, reason: str) -> None:
     log.info("%s: %s; try %d again in %.2f s", what, reason, attempt + 1, wait)
 
 
-def retry_after(headers: httpx.Headers | dict[str, str] | None) -> float | None:
-    """`Retry-After` in seconds (a number or an HTTP date); None when absent or unreadable."""
-    return parse_retry_after(headers)
-
-
 def upstream_error(status: int, body: Any, headers: httpx.Headers | dict[str, str] | None = None) -> InferagError:
     """The domain error for an upstream's error answer (`body` is its parsed JSON or text)."""
     try:
@@ -103,7 +98,7 @@ def upstream_error(status: int, body: Any, headers: httpx.Headers | dict[str, st
     except (KeyError, TypeError):
         message, param, code = (body if isinstance(body, str) and body else f"HTTP {status}"), None, None
     if status == 429:
-        asked = retry_after(headers)
+        asked = parse_retry_after(headers)
         return Overloaded(message, retry_after=1.0 if asked is None else asked)
     default = InvalidRequest if status < 500 else EngineError
     return _ERRORS.get(status, default)(message, param=param, code=code)
@@ -149,7 +144,7 @@ async def send(
                 error = await _error_of(resp)
             finally:
                 await resp.aclose()
-            asked = retry_after(resp.headers)
+            asked = parse_retry_after(resp.headers)
             wait = retry.delay(attempt, asked) if resp.status_code in RETRY_STATUSES else None
             if wait is None:
                 raise error

@@ -47,8 +47,8 @@ from services.playground import playground_router
 from services.rag.app import build_app as build_rag
 from services.rag.app import refuse_locked_store
 from services.rag.generator import InProcessGenerator
-from services.rag.router import RAG_MODEL_PREFIX
 from services.rag.service import Links
+from services.rag.serving import RAG_MODEL_PREFIX
 from services.rag.settings import RagSettings
 
 from .models import (

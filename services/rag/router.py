@@ -45,9 +45,6 @@ from services.generation.protocol import ChatCompletionRequest
 from . import serving
 from .dependencies import Rag, caller
 from .metrics import Timings
-from .serving import RAG_MODEL_PREFIX
-
-__all__ = ["RAG_MODEL_PREFIX", "router"]
 
 router = keyed_router()
 

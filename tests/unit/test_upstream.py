@@ -12,8 +12,9 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
+from inferag_protocol.common import parse_retry_after as retry_after
 from services.common.errors import InvalidRequest, Overloaded, UpstreamUnavailable
-from services.common.upstream import Retry, retry_after
+from services.common.upstream import Retry
 from services.embeddings.client import HttpEmbeddings
 from services.generation.protocol import ChatCompletionRequest
 from services.rag.generator import HttpGenerator
