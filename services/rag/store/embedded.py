@@ -483,10 +483,14 @@ class EmbeddedBackend:
         self._update(name, qe.UpdateOperation.create_field_index(field, _SCHEMAS[schema]))
 
     def unindexed(self, name: str) -> int:
-        """Points of the collection's vectors not in an HNSW index yet (searched by brute force)."""
+        """Points of the collection's vectors not in an HNSW index yet (searched by brute force).
+
+        The engine counts sparse vectors as indexed from the moment they are written (their inverted index is
+        built as they come), so a hybrid collection's count before any build is one per point already."""
         with self._using(name) as shard:
             info = shard.info()
-        vectors = max(1, len(self.spec(name).dense)) if self.spec(name) else 1  # type: ignore[union-attr]
+        spec = self.spec(name)
+        vectors = max(1, len(spec.dense) + len(spec.sparse)) if spec else 1
         return max(0, info.points_count * vectors - info.indexed_vectors_count)
 
     def optimize(self, name: str) -> bool:
