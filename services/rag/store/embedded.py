@@ -486,7 +486,7 @@ class EmbeddedBackend:
         """Points of the collection's vectors not in an HNSW index yet (searched by brute force).
 
         The engine counts sparse vectors as indexed from the moment they are written (their inverted index is
-        built as they come), so a hybrid collection's count before any build is one per point already."""
+        built as they come): before any build, a hybrid collection reports one indexed vector per point."""
         with self._using(name) as shard:
             info = shard.info()
         spec = self.spec(name)
