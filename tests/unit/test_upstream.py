@@ -12,7 +12,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from inferag_protocol.common import parse_retry_after as retry_after
+from inferag_protocol.common import parse_retry_after
 from services.common.errors import InvalidRequest, Overloaded, UpstreamUnavailable
 from services.common.upstream import Retry
 from services.embeddings.client import HttpEmbeddings
@@ -115,11 +115,11 @@ async def test_a_stream_refused_before_its_first_chunk_is_retried() -> None:
 
 
 def test_retry_after_reads_seconds_and_dates() -> None:
-    assert retry_after({"retry-after": "3"}) == 3
+    assert parse_retry_after({"retry-after": "3"}) == 3
     later = format_datetime(datetime.now(UTC) + timedelta(seconds=20), usegmt=True)
-    asked = retry_after({"retry-after": later})
+    asked = parse_retry_after({"retry-after": later})
     assert asked is not None and 15 < asked <= 20
-    assert retry_after({"retry-after": "soon"}) is None and retry_after({}) is None
+    assert parse_retry_after({"retry-after": "soon"}) is None and parse_retry_after({}) is None
 
 
 def test_delays_grow_and_stay_bounded() -> None:
