@@ -483,7 +483,7 @@ class EmbeddedBackend:
         self._update(name, qe.UpdateOperation.create_field_index(field, _SCHEMAS[schema]))
 
     def unindexed(self, name: str) -> int:
-        """Points of the collection's vectors not in an HNSW index yet (searched by brute force).
+        """The collection's vectors not in an index yet (dense ones are searched by brute force until a build).
 
         The engine counts sparse vectors as indexed from the moment they are written (their inverted index is
         built as they come): before any build, a hybrid collection reports one indexed vector per point."""
