@@ -727,3 +727,84 @@ async def test_list_documents_reads_one_page_not_the_whole_registry(store: Vecto
     page, total = await store.list_documents(name, limit=5, offset=200)
     assert total == 300 and [d.doc_id for d in page] == [f"doc-{i:03d}" for i in range(200, 205)]
     assert sum(read) <= 5, f"read {sum(read)} registry entries for a page of 5"
+
+
+# -- the embedded fast path: searches skip the registry lookup while the collection is settled --------------
+
+
+async def texts_found(store: VectorStore, collection: str) -> list[str]:
+    hits = await store.search([collection], dense=embed("one two three"), sparse=None, mode="dense", top_k=50)
+    return sorted(hit.text for hit in hits)
+
+
+def count_registry_reads(store: VectorStore, collection: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    reads: list[int] = []
+    original = store.backend.retrieve
+
+    def retrieve(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == registry_name(collection):
+            reads.append(1)
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(store.backend, "retrieve", retrieve)
+    return reads
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize("opener", ["memory", "folder"], indirect=True)
+async def test_a_publish_that_fails_half_way_is_never_read_as_two_versions(opener: Opener, name: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settled, a search reads no registry entry. A publish that fails after the new version went live and
+    before the old one went leaves both live: the collection is unsettled, its searches keep the registry's
+    version only, until recovery finishes the publish and settles it again."""
+    store = opener(recover_interval_s=0)
+    await new_collection(store, name)
+    await ingest(store, name, "doc", ["old one", "old two"])
+    reads = count_registry_reads(store, name, monkeypatch)
+    assert await texts_found(store, name) == ["old one", "old two"]
+    assert reads == [], "a settled collection's search read the registry"
+    delete = store.backend.delete
+
+    def failing_delete(collection: str, *args: Any, **kwargs: Any) -> Any:
+        if collection == name:
+            raise RuntimeError("no space left on device")
+        return delete(collection, *args, **kwargs)
+
+    monkeypatch.setattr(store.backend, "delete", failing_delete)
+    with pytest.raises(RuntimeError):
+        await ingest(store, name, "doc", ["new one", "new two", "new three"])
+    assert {p["state"] for p in (await raw_points(store, name)).values()} == {LIVE}
+    assert await store.count(name) == 5  # both versions live: what a search must not show
+    assert await texts_found(store, name) == ["new one", "new three", "new two"]
+    monkeypatch.setattr(store.backend, "delete", delete)
+    assert await store.recover() == {"published": 0, "deleted": 2}
+    reads.clear()
+    assert await texts_found(store, name) == ["new one", "new three", "new two"]
+    assert reads == []
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize("opener", ["memory"], indirect=True)
+async def test_a_cancelled_write_holds_readers_off_until_its_thread_is_done(opener: Opener, name: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit + publish runs on a thread that a cancellation cannot stop: the caller's cancellation waits
+    for it, so no reader runs between the new version going live and the old one going."""
+    store = opener(recover_interval_s=0)
+    await new_collection(store, name)
+    await ingest(store, name, "doc", ["old one", "old two"])
+    delete, deleting = store.backend.delete, asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow_delete(collection: str, *args: Any, **kwargs: Any) -> Any:
+        if collection == name:
+            loop.call_soon_threadsafe(deleting.set)
+            time.sleep(0.5)
+        return delete(collection, *args, **kwargs)
+
+    monkeypatch.setattr(store.backend, "delete", slow_delete)
+    task = asyncio.create_task(ingest(store, name, "doc", ["new one", "new two", "new three"]))
+    await deleting.wait()  # the new version is live, the old one not gone yet
+    task.cancel()
+    assert await texts_found(store, name) == ["new one", "new three", "new two"]
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -29,10 +29,12 @@ def stored_chunk(record: Record) -> dict[str, Any]:
 
 def search_collection(backend: Backend, collection: str, mode: RetrievalMode, dense: list[float] | None,
                       sparse: SparseVector | None, fusion: Fusion, top_k: int, flt: models.Filter,
-                      score_threshold: float | None) -> list[Hit]:
+                      score_threshold: float | None, *, check_registry: bool = True) -> list[Hit]:
     """The collection's best `top_k` live chunks (`flt` already holds the `live` condition).
 
     Hybrid prefetches `4 * top_k` from each vector and fuses (RRF or DBSF) in the engine.
+    `check_registry`: keep only the registry's versions (the caller may skip it where the live points
+    are known to be exactly the committed versions).
     """
     searches: list[Nearest] = []
     if mode != "sparse" and dense is not None:
@@ -43,6 +45,8 @@ def search_collection(backend: Backend, collection: str, mode: RetrievalMode, de
                            filter=flt, score_threshold=score_threshold)
     if not points:
         return []
+    if not check_registry:
+        return [Hit(**stored_chunk(p), collection=collection, score=p.score) for p in points]
     # Only the registry's version counts: on a server another writer may be between its steps.
     versions = registry_versions(backend, collection, list({payload_of(p).get("doc_id", "") for p in points}))
     return [

@@ -5,6 +5,10 @@ calls overlap. In the embedded engine one process holds the store, and there a s
 section around commit + publish keeps every reader from seeing a replaced document in between; on
 a server (several replicas) readers keep only registry versions and may miss a document for the
 moment between another writer's commit and its publish, never see two versions or half of one.
+
+Embedded, the live points of a collection are exactly its committed versions once recovery has run
+over it and as long as no exclusive section failed there, so its searches skip the registry lookup;
+a collection not known to be settled (a failed write, a restore) is searched with it until recovery.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -166,6 +170,8 @@ class VectorStore:
         self._meta_cache: dict[str, _Meta] = {}
         self._indexed: set[tuple[str, str]] = set()
         self._busy: dict[str, int] = {}  # versions being written by this process -> writers
+        # collections whose live points are their committed versions (see the module's docstring)
+        self._settled: set[str] = set()
         self._last_write: dict[str, float] = {}  # collection -> monotonic time of its last write
         self._maintenance: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(
@@ -179,6 +185,11 @@ class VectorStore:
     @property
     def mode(self) -> str:
         return self.backend.kind
+
+    def _checks_registry(self, collection: str) -> bool:
+        """Whether a search must keep only the registry's versions: always on a server, and embedded
+        unless the collection is settled and this store is the only one over its engine."""
+        return not (self.embedded and self._owns_backend and collection in self._settled)
 
     # -- plumbing -------------------------------------------------------------------------------------------
 
@@ -199,6 +210,28 @@ class VectorStore:
         if self._ready_lock is None or self._admin_lock is None or self._publish_lock is None:
             self._ready_lock, self._admin_lock, self._publish_lock = asyncio.Lock(), asyncio.Lock(), _ReadWriteLock()
         return self._ready_lock, self._admin_lock, self._publish_lock
+
+    async def _exclusive(self, collection: str, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the pool, embedded with every reader held off; on a server, as is.
+
+        The section runs to its end even when the caller is cancelled (its thread cannot be stopped,
+        and a reader let in meanwhile could see it half done); the cancellation is raised after. If it
+        fails, the collection is no longer settled: its searches check the registry until recovery."""
+        if not self.embedded:
+            return await self._run(fn, *args)
+        async with self._locks()[2].write():
+            future = asyncio.ensure_future(self._run(fn, *args))
+            cancelled = False
+            while not future.done():
+                try:
+                    await asyncio.wait([future])
+                except asyncio.CancelledError:
+                    cancelled = True
+            if future.exception() is not None:
+                self._settled.discard(collection)
+            if cancelled:
+                raise asyncio.CancelledError
+            return future.result()
 
     @contextlib.asynccontextmanager
     async def _reading(self) -> AsyncIterator[None]:
@@ -303,6 +336,7 @@ class VectorStore:
         )
         backend.create(name, spec)
         self._ensure_indexes_sync(name, CHUNK_INDEXES)
+        self._settled.add(name)  # empty, so nothing to recover
         return wanted
 
     def _create_hidden_sync(self, name: str, dense: dict[str, int], indexes: dict[str, Any]) -> None:
@@ -369,6 +403,7 @@ class VectorStore:
 
     def _delete_collection_sync(self, name: str) -> None:
         # the collection first: companions left alone by a crash are reset by the next create
+        self._settled.discard(name)
         self.backend.drop(name)
         for hidden in self._companions_sync(name):
             self.backend.drop(hidden)
@@ -410,11 +445,7 @@ class VectorStore:
             self._busy[version] = self._busy.get(version, 0) + 1
         try:
             await self._run(documents.stage, self.backend, collection, written)
-            if self.embedded:
-                async with self._locks()[2].write():
-                    await self._run(self._commit_and_publish_sync, collection, written)
-            else:
-                await self._run(self._commit_and_publish_sync, collection, written)
+            await self._exclusive(collection, self._commit_and_publish_sync, collection, written)
         finally:
             for version in versions:
                 self._busy[version] -= 1
@@ -432,11 +463,7 @@ class VectorStore:
         """Remove a document: its registry entry and its points (`NotFound` if absent)."""
         await self._ready()
         await self._meta(collection)
-        if self.embedded:
-            async with self._locks()[2].write():
-                found = await self._run(documents.delete, self.backend, collection, doc_id)
-        else:
-            found = await self._run(documents.delete, self.backend, collection, doc_id)
+        found = await self._exclusive(collection, documents.delete, self.backend, collection, doc_id)
         self._last_write[collection] = time.monotonic()
         if not found:
             raise NotFound(f"The document '{doc_id}' does not exist in '{collection}'.", param="doc_id")
@@ -558,7 +585,7 @@ class VectorStore:
         async with self._reading():
             results = await asyncio.gather(*(
                 self._run(search_collection, self.backend, name, mode, dense_query, sparse_query, fusion, top_k, flt,
-                          score_threshold)
+                          score_threshold, check_registry=self._checks_registry(name))
                 for name in names
             ))
         hits = [hit for result in results for hit in result]
@@ -581,10 +608,11 @@ class VectorStore:
 
     def _chunks_by_ids_sync(self, collection: str, ids: list[str], flt: models.Filter) -> dict[str, StoredChunk]:
         records, _ = self.backend.scroll(collection, filter=flt, limit=len(ids))
-        versions = documents.registry_versions(self.backend, collection,
-                                               list({r.payload.get("doc_id", "") for r in records}))
-        return {r.id: StoredChunk(**stored_chunk(r)) for r in records
-                if versions.get(r.payload.get("doc_id", "")) == r.payload.get("version")}
+        if self._checks_registry(collection):
+            versions = documents.registry_versions(self.backend, collection,
+                                                   list({r.payload.get("doc_id", "") for r in records}))
+            records = [r for r in records if versions.get(r.payload.get("doc_id", "")) == r.payload.get("version")]
+        return {r.id: StoredChunk(**stored_chunk(r)) for r in records}
 
     # -- hidden companion collections (for other parts: the graph, jobs) -------------------------------------
 
@@ -646,11 +674,8 @@ class VectorStore:
         """Write a snapshot file of `collection` (with its registry and companions) to `target`."""
         await self._ready()
         await self._meta(collection)
-        if self.embedded:
-            async with self._locks()[2].write():  # no write lands half-way through the parts
-                await self._run(self._snapshot_sync, collection, target)
-        else:
-            await self._run(self._snapshot_sync, collection, target)
+        # no write lands half-way through the parts
+        await self._exclusive(collection, self._snapshot_sync, collection, target)
         return target
 
     def _snapshot_sync(self, collection: str, target: Path) -> None:
@@ -669,7 +694,8 @@ class VectorStore:
         await self._ready()
         async with self._locks()[1]:
             restored = await self._run(self._restore_sync, source, name)
-        self._meta_cache.pop(restored, None)
+            self._meta_cache.pop(restored, None)
+            await self._recover_collection(restored)  # a server's snapshot may hold a write under way
         return await self.get_collection(restored)
 
     def _restore_sync(self, source: Path, name: str | None) -> str:
@@ -742,14 +768,22 @@ class VectorStore:
                 continue
             if not COLLECTION_NAME.match(name) or _meta_of(await self._run(self.backend.spec, name)) is None:
                 continue
-            published, deleted = await self._run(self._recover_collection_sync, name, set(self._busy))
+            published, deleted = await self._recover_collection(name)
             totals["published"] += published
             totals["deleted"] += deleted
             if published or deleted:
                 log.warning("recovered collection %s: %d points published, %d deleted", name, published, deleted)
         return totals
 
-    def _recover_collection_sync(self, name: str, busy: set[str]) -> tuple[int, int]:
+    async def _recover_collection(self, name: str) -> tuple[int, int]:
+        """Recover one collection (under the admin lock), embedded with readers held off: it publishes, and
+        afterwards the collection is settled. `_busy` goes as it is, not copied: a version a writer starts
+        staging meanwhile is one recovery must leave alone (no commit or publish can run meanwhile)."""
+        counts = await self._exclusive(name, self._recover_collection_sync, name, self._busy.keys())
+        self._settled.add(name)
+        return counts
+
+    def _recover_collection_sync(self, name: str, busy: Set[str]) -> tuple[int, int]:
         registry = registry_name(name)
         if not self.backend.exists(registry):
             self._create_hidden_sync(registry, {}, REGISTRY_INDEXES)
