@@ -779,9 +779,7 @@ class VectorStore:
         """Recover one collection (under the admin lock), embedded with readers held off: it publishes, and
         afterwards the collection is settled. `_busy` goes as it is, not copied: a version a writer starts
         staging meanwhile is one recovery must leave alone (no commit or publish can run meanwhile)."""
-        counts = await self._exclusive(name, self._recover_collection_sync, name, self._busy.keys())
-        self._settled.add(name)
-        return counts
+        return await self._exclusive(name, self._recover_collection_sync, name, self._busy.keys())
 
     def _recover_collection_sync(self, name: str, busy: Set[str]) -> tuple[int, int]:
         registry = registry_name(name)
@@ -790,7 +788,9 @@ class VectorStore:
         self._ensure_indexes_sync(name, CHUNK_INDEXES)
         self._ensure_indexes_sync(registry, REGISTRY_INDEXES)
         self._backfill_order_sync(registry)
-        return recovery.recover_collection(self.backend, name, busy)
+        counts = recovery.recover_collection(self.backend, name, busy)
+        self._settled.add(name)  # still under the exclusive section
+        return counts
 
     def _backfill_order_sync(self, registry: str) -> None:
         """Entries written before documents were listed in order (an earlier version) get their `order`."""
