@@ -808,3 +808,42 @@ async def test_a_cancelled_write_holds_readers_off_until_its_thread_is_done(open
     assert await texts_found(store, name) == ["new one", "new three", "new two"]
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize("opener", ["memory", "folder"], indirect=True)
+async def test_recovery_leaves_alone_a_version_made_after_it_read_the_writers(opener: Opener, name: str) -> None:
+    """Recovery reads which versions are being written, then scans the staged points: a writer that made its
+    version in between is not in what recovery read, and its staged points must stay (a dead writer's go)."""
+    from services.rag.store import recovery
+
+    store = opener(recover_interval_s=0)
+    await new_collection(store, name)
+    read_at_ms = time.time_ns() // 1_000_000
+    await asyncio.sleep(0.01)
+    staged = staged_version(name, "doc", ["being written", "by a writer that started after"])
+    await store._run(protocol.stage, store.backend, name, [staged])
+    assert await store._run(recovery.recover_collection, store.backend, name, set(), busy_at_ms=read_at_ms) == (0, 0)
+    assert len(await raw_points(store, name)) == 2
+    later_ms = time.time_ns() // 1_000_000 + 1
+    assert await store._run(recovery.recover_collection, store.backend, name, set(), busy_at_ms=later_ms) == (0, 2)
+    assert await raw_points(store, name) == {}
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_recovery_leaves_a_writer_between_commit_and_publish_alone(opener: Opener, name: str) -> None:
+    """An unpublished entry that is another writer's (this process's, or on a server a young one) is not
+    published by recovery, not even as "committed but not live": that would mark it published with nothing
+    superseded and leave the old version's points for good."""
+    from services.rag.store import recovery
+
+    store = opener(recover_interval_s=0)
+    await new_collection(store, name)
+    old = await ingest(store, name, "doc", ["old one", "old two"])
+    staged = staged_version(name, "doc", ["new one"])
+    await store._run(protocol.stage, store.backend, name, [staged])
+    await store._run(protocol.commit, store.backend, name, [staged])
+    busy = set() if opener.mode == "server" else {staged.info.version}  # type: ignore[attr-defined]
+    assert await store._run(recovery.recover_collection, store.backend, name, busy) == (0, 0)
+    states = {(p["version"], p["state"]) for p in (await raw_points(store, name)).values()}
+    assert states == {(old.version, LIVE), (staged.info.version, "staged")}

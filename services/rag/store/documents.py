@@ -66,12 +66,17 @@ def new_version() -> str:
     return f"{time.time_ns() // 1_000_000:x}-{uuid.uuid4().hex[:12]}"
 
 
-def version_age_s(version: str) -> float:
+def version_created_ms(version: str) -> int:
+    """When `version` was made (ms since the epoch; 0 for one that names no time)."""
     try:
-        created_ms = int(version.split("-", 1)[0], 16)
+        return int(version.split("-", 1)[0], 16)
     except ValueError:
-        return math.inf
-    return time.time() - created_ms / 1000
+        return 0
+
+
+def version_age_s(version: str) -> float:
+    created_ms = version_created_ms(version)
+    return time.time() - created_ms / 1000 if created_ms else math.inf
 
 
 @dataclass

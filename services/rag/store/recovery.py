@@ -14,7 +14,7 @@ from collections.abc import Set
 from qdrant_client import models
 
 from .backend import Backend, payload_of
-from .documents import publish, registry_name, registry_versions, scroll_all, version_age_s
+from .documents import publish, registry_name, registry_versions, scroll_all, version_age_s, version_created_ms
 from .filters import STAGED, match
 
 # A server's staged points that no registry entry names may belong to an ingestion still under way in
@@ -25,18 +25,31 @@ STALE_STAGED_S = 3600.0
 UNPUBLISHED_GRACE_S = 30.0
 
 
-def recover_collection(backend: Backend, name: str, busy: Set[str]) -> tuple[int, int]:
-    """(points published, points deleted) in collection `name`; `busy`: versions being written here."""
+def recover_collection(backend: Backend, name: str, busy: Set[str], *,
+                       busy_at_ms: int | None = None) -> tuple[int, int]:
+    """(points published, points deleted) in collection `name`; `busy`: versions being written here, as read
+    at `busy_at_ms` (ms since the epoch): a version made since then is a writer's that `busy` does not list."""
     embedded = backend.kind == "embedded"
+
+    def left_over(version: str) -> bool:
+        """Staged points of `version` are a dead writer's (no registry entry names them)."""
+        if version in busy:
+            return False
+        if not embedded:
+            return version_age_s(version) >= STALE_STAGED_S
+        return busy_at_ms is None or version_created_ms(version) < busy_at_ms
+
     registry = registry_name(name)
     published = deleted = 0
     versions: dict[str, str] = {}
     superseded: dict[str, list[str]] = {}
+    left_alone: set[str] = set()  # unpublished versions that are another writer's to publish
     unpublished = models.Filter(must=[match("published", False)])
     for entry in scroll_all(backend, registry, unpublished):
         p = payload_of(entry)
         version = p.get("version", "")
         if version in busy or (not embedded and version_age_s(version) < UNPUBLISHED_GRACE_S):
+            left_alone.add(version)
             continue
         versions[p["doc_id"]] = version
         superseded[p["doc_id"]] = list(p.get("previous") or [])
@@ -49,12 +62,11 @@ def recover_collection(backend: Backend, name: str, busy: Set[str]) -> tuple[int
         committed = registry_versions(backend, name, list(staged))
         for doc_id, by_version in staged.items():
             version = committed.get(doc_id)
-            if version in by_version and version not in busy:
+            if version in by_version and version not in busy and version not in left_alone:
                 # committed but not live: a crash inside a publish or a delete with the entry still there
                 versions.setdefault(doc_id, version)
                 superseded.setdefault(doc_id, [])
-            stale = [point_id for v, ids in by_version.items() if v != version and v not in busy
-                     and (embedded or version_age_s(v) >= STALE_STAGED_S) for point_id in ids]
+            stale = [point_id for v, ids in by_version.items() if v != version and left_over(v) for point_id in ids]
             if stale:
                 backend.delete(name, stale)
                 deleted += len(stale)

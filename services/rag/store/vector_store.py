@@ -777,18 +777,20 @@ class VectorStore:
 
     async def _recover_collection(self, name: str) -> tuple[int, int]:
         """Recover one collection (under the admin lock), embedded with readers held off: it publishes, and
-        afterwards the collection is settled. `_busy` goes as it is, not copied: a version a writer starts
-        staging meanwhile is one recovery must leave alone (no commit or publish can run meanwhile)."""
-        return await self._exclusive(name, self._recover_collection_sync, name, self._busy.keys())
+        afterwards the collection is settled. The versions being written are read here, on the event loop
+        (a writer makes its version and announces it in one step), with the time: a version made later is a
+        writer's that started meanwhile, whose staged points recovery must leave alone."""
+        busy, busy_at_ms = set(self._busy), time.time_ns() // 1_000_000
+        return await self._exclusive(name, self._recover_collection_sync, name, busy, busy_at_ms)
 
-    def _recover_collection_sync(self, name: str, busy: Set[str]) -> tuple[int, int]:
+    def _recover_collection_sync(self, name: str, busy: Set[str], busy_at_ms: int) -> tuple[int, int]:
         registry = registry_name(name)
         if not self.backend.exists(registry):
             self._create_hidden_sync(registry, {}, REGISTRY_INDEXES)
         self._ensure_indexes_sync(name, CHUNK_INDEXES)
         self._ensure_indexes_sync(registry, REGISTRY_INDEXES)
         self._backfill_order_sync(registry)
-        counts = recovery.recover_collection(self.backend, name, busy)
+        counts = recovery.recover_collection(self.backend, name, busy, busy_at_ms=busy_at_ms)
         self._settled.add(name)  # still under the exclusive section
         return counts
 
