@@ -31,13 +31,13 @@ def recover_collection(backend: Backend, name: str, busy: Set[str], *,
     at `busy_at_ms` (ms since the epoch): a version made since then is a writer's that `busy` does not list."""
     embedded = backend.kind == "embedded"
 
+    def writing(version: str) -> bool:
+        """A writer of this process has `version` under way (or made it after `busy` was read)."""
+        return version in busy or (busy_at_ms is not None and version_created_ms(version) >= busy_at_ms)
+
     def left_over(version: str) -> bool:
         """Staged points of `version` are a dead writer's (no registry entry names them)."""
-        if version in busy:
-            return False
-        if not embedded:
-            return version_age_s(version) >= STALE_STAGED_S
-        return busy_at_ms is None or version_created_ms(version) < busy_at_ms
+        return not writing(version) and (embedded or version_age_s(version) >= STALE_STAGED_S)
 
     registry = registry_name(name)
     published = deleted = 0
@@ -48,7 +48,7 @@ def recover_collection(backend: Backend, name: str, busy: Set[str], *,
     for entry in scroll_all(backend, registry, unpublished):
         p = payload_of(entry)
         version = p.get("version", "")
-        if version in busy or (not embedded and version_age_s(version) < UNPUBLISHED_GRACE_S):
+        if writing(version) or (not embedded and version_age_s(version) < UNPUBLISHED_GRACE_S):
             left_alone.add(version)
             continue
         versions[p["doc_id"]] = version
@@ -62,7 +62,7 @@ def recover_collection(backend: Backend, name: str, busy: Set[str], *,
         committed = registry_versions(backend, name, list(staged))
         for doc_id, by_version in staged.items():
             version = committed.get(doc_id)
-            if version in by_version and version not in busy and version not in left_alone:
+            if version in by_version and not writing(version) and version not in left_alone:
                 # committed but not live: a crash inside a publish or a delete with the entry still there
                 versions.setdefault(doc_id, version)
                 superseded.setdefault(doc_id, [])
