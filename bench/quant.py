@@ -103,7 +103,7 @@ def main() -> None:
     reference: torch.Tensor | None = None
     with torch.inference_mode():
         for label, dtype, fn in variants:
-            model = load_causal_lm(path, dtype=DTYPES[dtype]).eval()
+            model = load_causal_lm(path, dtype=DTYPES[dtype])  # in eval mode
             if fn is not None:
                 fn(model)
             predictions = model(held_out).logits[0].argmax(-1)

@@ -279,6 +279,13 @@ def delete(backend: Backend, collection: str, doc_id: str) -> bool:
     raise RuntimeError(f"Could not delete '{doc_id}' from '{collection}': it kept being replaced.")
 
 
+def committed_only(backend: Backend, collection: str, records: Sequence[Record]) -> list[Record]:
+    """The chunk records whose version is their document's committed one (on a server another writer may
+    be between its steps), in their order."""
+    versions = registry_versions(backend, collection, list({payload_of(r).get("doc_id", "") for r in records}))
+    return [r for r in records if versions.get(payload_of(r).get("doc_id", "")) == payload_of(r).get("version")]
+
+
 def registry_versions(backend: Backend, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
     """doc_id -> committed version, for the documents that have one."""
     ids = {document_point_id(d): d for d in doc_ids}

@@ -9,7 +9,7 @@ from qdrant_client import models
 from inferag_protocol.rag import Fusion, Hit, RetrievalMode
 
 from .backend import Backend, Nearest, Record, SparseVector, payload_of
-from .documents import DENSE, SPARSE, registry_versions
+from .documents import DENSE, SPARSE, committed_only
 
 
 def stored_chunk(record: Record) -> dict[str, Any]:
@@ -43,14 +43,6 @@ def search_collection(backend: Backend, collection: str, mode: RetrievalMode, de
         searches.append(Nearest(SPARSE, sparse))
     points = backend.query(collection, searches, fusion=fusion if mode == "hybrid" else None, limit=top_k,
                            filter=flt, score_threshold=score_threshold)
-    if not points:
-        return []
-    if not check_registry:
-        return [Hit(**stored_chunk(p), collection=collection, score=p.score) for p in points]
-    # Only the registry's version counts: on a server another writer may be between its steps.
-    versions = registry_versions(backend, collection, list({payload_of(p).get("doc_id", "") for p in points}))
-    return [
-        Hit(**stored_chunk(p), collection=collection, score=p.score)
-        for p in points
-        if versions.get(payload_of(p).get("doc_id", "")) == payload_of(p).get("version")
-    ]
+    if points and check_registry:
+        points = committed_only(backend, collection, points)
+    return [Hit(**stored_chunk(p), collection=collection, score=p.score) for p in points]

@@ -608,10 +608,8 @@ class VectorStore:
 
     def _chunks_by_ids_sync(self, collection: str, ids: list[str], flt: models.Filter) -> dict[str, StoredChunk]:
         records, _ = self.backend.scroll(collection, filter=flt, limit=len(ids))
-        if self._checks_registry(collection):
-            versions = documents.registry_versions(self.backend, collection,
-                                                   list({r.payload.get("doc_id", "") for r in records}))
-            records = [r for r in records if versions.get(r.payload.get("doc_id", "")) == r.payload.get("version")]
+        if records and self._checks_registry(collection):
+            records = documents.committed_only(self.backend, collection, records)
         return {r.id: StoredChunk(**stored_chunk(r)) for r in records}
 
     # -- hidden companion collections (for other parts: the graph, jobs) -------------------------------------
