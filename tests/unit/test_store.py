@@ -661,6 +661,41 @@ async def test_concurrent_batches_from_two_instances_lose_nothing(opener: Opener
         await two.close()
 
 
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_write_overtaken_after_its_commit_landed_is_not_committed_again(opener: Opener, name: str,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our compare-and-set lands; before we read the registry back, another writer commits a newer version
+    over ours and publishes it, which deletes our points. Our write is overtaken: theirs stays, whole. A
+    writer that took the read-back for a lost race and committed again would leave the entry naming a
+    version with no points (seen with two writers of one document under load)."""
+    store = opener(recover_interval_s=0)
+    await new_collection(store, name)
+    await ingest(store, name, "doc", ["old one"])
+    registry = registry_name(name)
+    theirs = staged_version(name, "doc", ["their one", "their two"])
+    upsert, raced = store.backend.upsert, []
+
+    def overtaking_upsert(collection: str, points: Any, **kwargs: Any) -> Any:
+        result = upsert(collection, points, **kwargs)
+        if collection == registry and not raced:  # our commit just landed
+            raced.append(True)
+            protocol.stage(store.backend, name, [theirs])
+            superseded = protocol.commit(store.backend, name, [theirs])
+            protocol.publish(store.backend, name, {"doc": theirs.info.version}, superseded)
+        return result
+
+    monkeypatch.setattr(store.backend, "upsert", overtaking_upsert)
+    ours = await ingest(store, name, "doc", ["our one"])
+    monkeypatch.setattr(store.backend, "upsert", upsert)
+    assert raced and ours.version != theirs.info.version
+    info, chunks = await store.get_document(name, "doc")
+    assert info.version == theirs.info.version
+    assert [c.text for c in chunks] == ["their one", "their two"]
+    assert {(p["version"], p["state"]) for p in (await raw_points(store, name)).values()} == {
+        (theirs.info.version, LIVE)}, "our overtaken version's points were left behind"
+    assert await texts_found(store, name) == ["their one", "their two"]
+
+
 def texts_of(i: int, round_: int) -> list[str]:
     """The chunk texts of version `round_` of document `i` (1 to 3 chunks)."""
     return [f"document {i} version {round_} part {k}" for k in range(1 + (i + round_) % 3)]

@@ -6,9 +6,10 @@ document naming its committed `version`. A write of a batch of documents (one re
 1. **stage**: every chunk point of every new version goes in with `state: staged`; readers skip them.
 2. **commit**: each registry entry moves to its new version with a compare-and-set (Qdrant's
    conditional upsert: replace only if the entry still names the version this writer read; insert
-   only if there was none). A writer that lost the race re-reads and tries again, so concurrent
-   writers of one document (other replicas, other tasks) commit in some order, each whole. The
-   entry records the versions it supersedes (`previous`) and `published: false`. From here on the
+   only if there was none), then a read-back. Concurrent writers of one document (other replicas,
+   other tasks) take effect in some order, each whole: a writer whose read-back names another
+   version was overtaken (its write counts as made just before the other one, superseded at once)
+   and removes its staged points, never commits again. The entry records the versions it supersedes (`previous`) and `published: false`. From here on the
    new version is the document.
 3. **publish**: the new versions' points turn `live`, the superseded versions' points go, and the
    entries are marked `published` (again only where they still name the version written).
@@ -43,8 +44,6 @@ DENSE = "dense"
 SPARSE = "sparse"
 UPSERT_BATCH = 256
 SCROLL_PAGE = 1024
-# Attempts of the compare-and-set before a writer gives up (only sustained contention gets there).
-COMMIT_ATTEMPTS = 20
 _NAMESPACE = uuid.UUID("5b7c1f0e-8d6a-4c1e-9a51-3f2f6f1e4a20")
 
 
@@ -184,34 +183,39 @@ def _entry(staged: Staged, current: dict[str, Any] | None, order: int) -> Point:
 
 
 def commit(backend: Backend, collection: str, batch: Sequence[Staged]) -> dict[str, list[str]]:
-    """Move each registry entry to its new version (compare-and-set, retried on a lost race).
+    """Move each registry entry to its new version with one compare-and-set, then read back which landed.
 
-    Returns doc_id -> the versions each new one superseded, for `publish`.
+    Returns doc_id -> the versions each committed one superseded, for `publish`. A document missing from it
+    was *overtaken*: another writer committed or deleted it between this writer's read and its read-back.
+    That writer's step is within this write's span, so the write is taken as made just before it and
+    superseded at once, whether its compare-and-set landed first or failed. It is never committed again:
+    if it had landed, the other writer has superseded it and that writer's publish deletes its points, so
+    a second commit over the newer version would name a version with no points. The overtaken versions'
+    staged points are the writer's to remove (`discard`).
     """
     registry = registry_name(collection)
     pending = {staged.info.doc_id: staged for staged in batch}
-    superseded: dict[str, list[str]] = {}
+    ids = {document_point_id(doc_id): doc_id for doc_id in pending}
+    current = {ids[r.id]: r.payload for r in backend.retrieve(registry, list(ids)) if r.id in ids}
     base_order = time.time_ns()
-    for _ in range(COMMIT_ATTEMPTS):
-        ids = {document_point_id(doc_id): doc_id for doc_id in pending}
-        current = {ids[r.id]: r.payload for r in backend.retrieve(registry, list(ids)) if r.id in ids}
-        fresh = [_entry(s, None, base_order + i) for i, (d, s) in enumerate(pending.items()) if d not in current]
-        replacing = [_entry(s, current[d], base_order) for d, s in pending.items() if d in current]
-        if fresh:
-            backend.upsert(registry, fresh, insert_only=True)
-        if replacing:
-            expected = [(document_point_id(d), current[d]["version"]) for d in pending if d in current]
-            backend.upsert(registry, replacing, only_if=_entries_at(expected))
-        written = {p.payload["doc_id"]: p.payload.get("previous", []) for p in [*fresh, *replacing]}
-        now = {ids[r.id]: r.payload for r in backend.retrieve(registry, list(ids), with_payload=["version"])
-               if r.id in ids}
-        for doc_id in list(pending):
-            if now.get(doc_id, {}).get("version") == pending[doc_id].info.version:
-                superseded[doc_id] = written[doc_id]
-                del pending[doc_id]
-        if not pending:
-            return superseded
-    raise RuntimeError(f"Could not commit {sorted(pending)} in '{collection}': the registry kept changing.")
+    fresh = [_entry(s, None, base_order + i) for i, (d, s) in enumerate(pending.items()) if d not in current]
+    replacing = [_entry(s, current[d], base_order) for d, s in pending.items() if d in current]
+    if fresh:
+        backend.upsert(registry, fresh, insert_only=True)
+    if replacing:
+        expected = [(document_point_id(d), current[d]["version"]) for d in pending if d in current]
+        backend.upsert(registry, replacing, only_if=_entries_at(expected))
+    written = {p.payload["doc_id"]: p.payload.get("previous", []) for p in [*fresh, *replacing]}
+    now = {ids[r.id]: r.payload for r in backend.retrieve(registry, list(ids), with_payload=["version"])
+           if r.id in ids}
+    return {doc_id: written[doc_id] for doc_id, staged in pending.items()
+            if now.get(doc_id, {}).get("version") == staged.info.version}
+
+
+def discard(backend: Backend, collection: str, versions: Sequence[str]) -> None:
+    """Remove the staged points of versions no entry names (overtaken by another writer)."""
+    if versions:
+        backend.delete(collection, _versions_filter(list(versions)))
 
 
 # -- 3. publish ---------------------------------------------------------------------------------------------
@@ -259,24 +263,21 @@ def scroll_all(backend: Backend, collection: str, flt: models.Filter | None,
 
 def delete(backend: Backend, collection: str, doc_id: str) -> bool:
     """Remove a document: its points `staged` first (so whatever a crash leaves is recovery's), then its
-    registry entry (compare-and-set: a version committed meanwhile by another writer stays), then its points.
-    False if there was no such document."""
-    registry = registry_name(collection)
-    point_id = document_point_id(doc_id)
-    for _ in range(COMMIT_ATTEMPTS):
-        entry = get_entry(backend, collection, doc_id)
-        if entry is None:
-            return False
-        versions = [entry["version"], *(entry.get("previous") or [])]
-        flt = models.Filter(must=[match("doc_id", doc_id),
-                                  models.FieldCondition(key="version", match=models.MatchAny(any=versions))])
-        backend.set_payload(collection, {"state": STAGED}, flt)
-        backend.delete(registry, _entries_at([(point_id, entry["version"])]))
-        if get_entry(backend, collection, doc_id) is None:
-            backend.delete(collection, flt)
-            return True
-        # another writer committed a new version meanwhile: delete that one too
-    raise RuntimeError(f"Could not delete '{doc_id}' from '{collection}': it kept being replaced.")
+    registry entry (compare-and-set), then its points. False if there was no such document.
+
+    A version another writer committed meanwhile overtakes the delete, as in `commit`: the delete counts as
+    made just before it, and that version stays.
+    """
+    entry = get_entry(backend, collection, doc_id)
+    if entry is None:
+        return False
+    versions = [entry["version"], *(entry.get("previous") or [])]
+    flt = models.Filter(must=[match("doc_id", doc_id),
+                              models.FieldCondition(key="version", match=models.MatchAny(any=versions))])
+    backend.set_payload(collection, {"state": STAGED}, flt)
+    backend.delete(registry_name(collection), _entries_at([(document_point_id(doc_id), entry["version"])]))
+    backend.delete(collection, flt)
+    return True
 
 
 def committed_only(backend: Backend, collection: str, records: Sequence[Record]) -> list[Record]:

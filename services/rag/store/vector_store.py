@@ -457,7 +457,9 @@ class VectorStore:
 
     def _commit_and_publish_sync(self, collection: str, batch: Sequence[Staged]) -> None:
         superseded = documents.commit(self.backend, collection, batch)
-        documents.publish(self.backend, collection, {s.info.doc_id: s.info.version for s in batch}, superseded)
+        committed = {s.info.doc_id: s.info.version for s in batch if s.info.doc_id in superseded}
+        documents.publish(self.backend, collection, committed, superseded)
+        documents.discard(self.backend, collection, [s.info.version for s in batch if s.info.doc_id not in superseded])
 
     async def delete_document(self, collection: str, doc_id: str) -> None:
         """Remove a document: its registry entry and its points (`NotFound` if absent)."""
