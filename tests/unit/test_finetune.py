@@ -18,6 +18,7 @@ from services.generation.weights.finetune import (
     split_rows,
     train_lora,
 )
+from services.generation.weights.errors import WeightsError
 from services.generation.weights.merge import AdapterSpec, prepare_weights
 from tests.tiny_models import REPO_ROOT
 
@@ -225,3 +226,38 @@ def test_finetune_smollm2_lowers_held_out_loss(tmp_path: Path) -> None:
           f"in {result.steps} steps, {result.seconds:.0f}s")
     assert result.best_val_loss < 0.8 * result.initial_val_loss
     assert result.val_losses[-1] < result.val_losses[0]
+
+
+@pytest.mark.parametrize(
+    ("mixed_precision", "native", "bf16"),
+    [("bfloat16", False, True), ("off", True, False), ("auto", True, True), ("auto", False, False)],
+)
+def test_mixed_precision_runs_the_matmuls_in_bfloat16_over_float32_weights(
+    tiny_model_dir: Path, small_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    mixed_precision: str, native: bool, bf16: bool,
+) -> None:
+    """`bfloat16`: forward and backward matmuls under bf16 autocast, the weights and the adapter stay float32;
+    `off`: float32 throughout; `auto`: bf16 exactly where the CPU computes it natively."""
+    import torch
+    from safetensors.torch import load_file
+
+    from services.common import cpu
+
+    monkeypatch.setattr(cpu, "native_bf16", lambda: native)
+    outputs: set[torch.dtype] = set()
+
+    def record(module: torch.nn.Module, args: object, output: object) -> None:
+        if isinstance(module, torch.nn.Linear) and isinstance(output, torch.Tensor):
+            outputs.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        train_lora(str(tiny_model_dir), small_dataset, tmp_path / "a", r=4, alpha=8, lr=5e-3, batch_size=4,
+                   max_steps=1, eval_every=1, num_threads=1, mixed_precision=mixed_precision)  # fmt: skip
+    finally:
+        handle.remove()
+    assert outputs == ({torch.bfloat16} if bf16 else {torch.float32})
+    weights = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    with pytest.raises(WeightsError):
+        train_lora(str(tiny_model_dir), small_dataset, tmp_path / "b", max_steps=1, mixed_precision="fp8")

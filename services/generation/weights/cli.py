@@ -290,6 +290,10 @@ def finetune(
     seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and LoRA init.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    mixed_precision: Annotated[
+        str,
+        typer.Option(help="auto (bfloat16 matmuls where the GPU or CPU computes bf16 natively), bfloat16, off."),
+    ] = "auto",
     data_dir: DataDir = Path("data"),
     perplexity: Annotated[
         bool, typer.Option(help="Then report the held-out perplexity before and after, through /v1/perplexity's code.")
@@ -323,6 +327,7 @@ def finetune(
             init_adapter=init_adapter,
             seed=seed,
             device=device,
+            mixed_precision=mixed_precision,
             num_threads=threads,
             on_log=show,
         )

@@ -160,17 +160,20 @@ def _batches(examples: Sequence[Example], batch_size: int, pad_id: int, order: S
     return batches
 
 
-def _loss_sum(model: Any, batch: Any, device: Any) -> tuple[Any, int]:
+def _loss_sum(model: Any, batch: Any, device: Any, autocast: Any = None) -> tuple[Any, int]:
     """Summed next-token cross-entropy over the labelled tokens, and their count.
 
     Logits are computed only at the positions that predict a label in some row of the batch
     (`logits_to_keep`): the loss is the same, without the LM head's work on the prompt.
+    `autocast`: the dtype of the forward's matmuls (mixed precision; weights and optimizer stay as loaded).
     """
+    import torch
     import torch.nn.functional as F
 
     ids, labels, mask = (t.to(device) for t in batch)
     keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().flatten()
-    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
+    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
     target = labels[:, 1:][:, keep]
     loss = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
@@ -178,7 +181,7 @@ def _loss_sum(model: Any, batch: Any, device: Any) -> tuple[Any, int]:
     return loss, int((target != IGNORE_INDEX).sum())
 
 
-def evaluate(model: Any, batches: Sequence[Any], device: Any) -> float:
+def evaluate(model: Any, batches: Sequence[Any], device: Any, autocast: Any = None) -> float:
     """Token-weighted mean loss over the labelled (assistant) tokens."""
     import torch
 
@@ -189,7 +192,7 @@ def evaluate(model: Any, batches: Sequence[Any], device: Any) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in batches:
-            loss, n = _loss_sum(model, batch, device)
+            loss, n = _loss_sum(model, batch, device, autocast)
             total += float(loss)
             count += n
     model.train(was_training)
@@ -197,6 +200,25 @@ def evaluate(model: Any, batches: Sequence[Any], device: Any) -> float:
 
 
 # --------------------------------------------------------------------- training
+
+
+def _autocast_dtype(mixed_precision: str, device: Any, weights_dtype: Any) -> Any:
+    """The autocast dtype of a run (None: none), from `mixed_precision` (auto, bfloat16, off)."""
+    import torch
+
+    if mixed_precision == "off":
+        return None
+    if mixed_precision == "bfloat16":
+        return torch.bfloat16
+    if mixed_precision != "auto":
+        raise WeightsError(f"mixed_precision must be auto, bfloat16 or off, not {mixed_precision!r}")
+    if weights_dtype != torch.float32:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    from services.common.cpu import native_bf16
+
+    return torch.bfloat16 if device.type == "cpu" and native_bf16() else None
 
 
 def train_lora(
@@ -223,12 +245,16 @@ def train_lora(
     seed: int = 0,
     device: str = "auto",
     dtype: str = "auto",
+    mixed_precision: str = "auto",
     num_threads: int | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     init_adapter: str | Path | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on `dataset_jsonl` and write the best one (lowest held-out loss) to `out_dir`.
 
+    `mixed_precision`: `bfloat16` runs the forward and backward matmuls in bfloat16 over float32 weights
+    (torch.autocast); `auto` does so on a CUDA GPU with bf16 and on a CPU with native bf16 arithmetic
+    (AMX or AVX512-BF16, `services.common.cpu.native_bf16`) when the weights load in float32; `off` never.
     `init_adapter`: continue from that adapter (its r, alpha and target modules; `r`, `alpha`, `dropout` and
     `target_modules` are then ignored), e.g. to train a long run in rounds on a busy machine.
     """
@@ -259,6 +285,7 @@ def train_lora(
             "max_steps",
             "seed",
             "max_length",
+            "mixed_precision",
         }
     }
     config["dataset"] = str(dataset_jsonl)
@@ -276,6 +303,7 @@ def train_lora(
         tdtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     else:
         tdtype = getattr(torch, dtype)
+    autocast = _autocast_dtype(mixed_precision, dev, tdtype)
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -314,7 +342,7 @@ def train_lora(
         total_steps = min(total_steps, max_steps)
     eval_every = eval_every or steps_per_epoch
 
-    initial = evaluate(model, val_batches, dev)
+    initial = evaluate(model, val_batches, dev, autocast)
     val_losses = [initial]
     train_losses: list[float] = []
     best = initial
@@ -334,7 +362,7 @@ def train_lora(
         for batch in _batches(train_ex, batch_size, int(pad_id or 0), order):
             if step >= total_steps:
                 break
-            loss_sum, n = _loss_sum(model, batch, dev)
+            loss_sum, n = _loss_sum(model, batch, dev, autocast)
             loss = loss_sum / max(n, 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -349,7 +377,7 @@ def train_lora(
                 "grad_norm": round(float(grad_norm), 3),
             }
             if val_batches and (step % eval_every == 0 or step == total_steps):
-                val = evaluate(model, val_batches, dev)
+                val = evaluate(model, val_batches, dev, autocast)
                 val_losses.append(val)
                 record["val_loss"] = round(val, 4)
                 if val < best - min_delta:
