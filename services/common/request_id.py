@@ -101,7 +101,8 @@ class RequestIdMiddleware:
             # The path only: a query string may carry a key (`?api_key=`), headers never go in.
             access_log.log(
                 logging.DEBUG if path in QUIET_PATHS else logging.INFO,
-                "%s %s %d",
+                "%s %s %s %d",  # the service first: behind the one-command gateway both log the request
+                self.service,
                 scope.get("method", ""),
                 path,
                 status,

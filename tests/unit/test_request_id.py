@@ -107,6 +107,7 @@ async def test_incoming_id_is_echoed_propagated_and_logged(json_logs: io.StringI
         ("upstream", "/call", 200),
     }
     assert all(r["request_id"] == "req-abc.123" and r["duration_ms"] >= 0 for r in access)
+    assert {r["msg"] for r in access} == {"downstream GET /echo 200", "upstream GET /call 200"}  # text logs too
     assert "sk-secret-123" not in json_logs.getvalue()
 
 
