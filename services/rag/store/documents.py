@@ -6,16 +6,16 @@ document naming its committed `version`. A write of a batch of documents (one re
 1. **stage**: every chunk point of every new version goes in with `state: staged`; readers skip them.
 2. **commit**: each registry entry moves to its new version with a compare-and-set (Qdrant's
    conditional upsert: replace only if the entry still names the version this writer read; insert
-   only if there was none), then a read-back. Concurrent writers of one document (other replicas,
-   other tasks) take effect in some order, each whole: a writer whose read-back names another
-   version was overtaken (its write counts as made just before the other one, superseded at once)
-   and removes its staged points, never commits again. The entry records the versions it supersedes (`previous`) and `published: false`. From here on the
-   new version is the document.
+   only if there was none), then a read-back. The entry records the versions it supersedes
+   (`previous`) and `published: false`. From here on the new version is the document. Concurrent
+   writers of one document (other replicas, other tasks) take effect in some order, each whole: a
+   writer whose read-back names another version was overtaken (its write counts as made just
+   before the other one, superseded at once), removes its own staged points and never commits again.
 3. **publish**: the new versions' points turn `live`, the superseded versions' points go, and the
    entries are marked `published` (again only where they still name the version written).
 
-Each version is deleted by the publish of the version that superseded it, and by nobody else, so
-no interleaving of two writers' steps deletes a committed version (the fault of the earlier
+A committed version is deleted only by the publish of the version that superseded it (or, overtaken, by
+its own writer, once a newer version is committed), so no interleaving of two writers' steps deletes a committed version (the fault of the earlier
 protocol, which deleted "every version but mine"). A crash leaves either staged points that no
 entry names (deleted by recovery) or an unpublished entry (published again by recovery, which is
 idempotent: any process may finish any writer's publish). Readers keep only points of the
