@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from services.generation.weights.errors import WeightsError
 from services.generation.weights.finetune import (
     IGNORE_INDEX,
     _batches,
@@ -18,7 +19,6 @@ from services.generation.weights.finetune import (
     split_rows,
     train_lora,
 )
-from services.generation.weights.errors import WeightsError
 from services.generation.weights.merge import AdapterSpec, prepare_weights
 from tests.tiny_models import REPO_ROOT
 

@@ -662,8 +662,8 @@ async def test_concurrent_batches_from_two_instances_lose_nothing(opener: Opener
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_a_write_overtaken_after_its_commit_landed_is_not_committed_again(opener: Opener, name: str,
-                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_write_overtaken_after_its_commit_landed_is_not_committed_again(
+        opener: Opener, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Our compare-and-set lands; before we read the registry back, another writer commits a newer version
     over ours and publishes it, which deletes our points. Our write is overtaken: theirs stays, whole. A
     writer that took the read-back for a lost race and committed again would leave the entry naming a

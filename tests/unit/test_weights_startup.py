@@ -112,7 +112,7 @@ def test_packaged_model_gets_the_grounded_adapter_unless_told_otherwise(adapter:
 def test_default_adapter_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     from pydantic import ValidationError
 
-    assert GenerationSettings().default_adapter == "grounded-smollm2"  # on by default (README: it beats the plain model)
+    assert GenerationSettings().default_adapter == "grounded-smollm2"  # on by default: it beats the plain model
     monkeypatch.setenv("INFERAG_GEN_DEFAULT_ADAPTER", "none")
     assert GenerationSettings().default_adapter == "none"
     monkeypatch.setenv("INFERAG_GEN_DEFAULT_ADAPTER", "Grounded-SmolLM2")

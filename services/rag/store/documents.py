@@ -14,12 +14,12 @@ document naming its committed `version`. A write of a batch of documents (one re
 3. **publish**: the new versions' points turn `live`, the superseded versions' points go, and the
    entries are marked `published` (again only where they still name the version written).
 
-A committed version is deleted only by the publish of the version that superseded it (or, overtaken, by
-its own writer, once a newer version is committed), so no interleaving of two writers' steps deletes a committed version (the fault of the earlier
-protocol, which deleted "every version but mine"). A crash leaves either staged points that no
-entry names (deleted by recovery) or an unpublished entry (published again by recovery, which is
-idempotent: any process may finish any writer's publish). Readers keep only points of the
-registry's version, so nobody sees two versions of a document or half of one.
+A committed version is deleted only by the publish of the version that superseded it (or, overtaken,
+by its own writer, once a newer version is committed), so no interleaving of two writers' steps deletes
+a committed version (the fault of the earlier protocol, which deleted "every version but mine"). A
+crash leaves either staged points that no entry names (deleted by recovery) or an unpublished entry
+(published again by recovery, which is idempotent: any process may finish any writer's publish). Readers
+keep only points of the registry's version, so nobody sees two versions of a document or half of one.
 """
 
 from __future__ import annotations
