@@ -267,7 +267,11 @@ class GenerationService:
 
     def prepare_chat(self, req: ChatCompletionRequest) -> _Prepared:
         self._check_model(req.model)
-        ids, tools, forced = self.render_chat(req)
+        ids, tools, forced = self.render_chat(
+            req,
+            add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
+            continue_final_message=req.continue_final_message,
+        )
         schema: dict[str, Any] | None = None
         fmt = req.response_format
         if forced:

@@ -41,6 +41,26 @@ async def test_tokenize_messages_counts_what_chat_reports(tiny_client: httpx.Asy
     assert bare["tokens"] == tok["tokens"][: bare["count"]] and bare["count"] < tok["count"]
 
 
+async def test_chat_continues_a_started_assistant_reply(tiny_client: httpx.AsyncClient) -> None:
+    """vLLM's `continue_final_message` on chat: the prompt ends inside the assistant's reply, which the
+    model continues (the agent starts a calculator step this way); `add_generation_prompt: false` opens no turn."""
+    started = [*MESSAGES, {"role": "assistant", "content": "Thought: I need"}]
+    options = {"continue_final_message": True, "add_generation_prompt": False}
+    tok = await post(tiny_client, "/tokenize", {"messages": started, **options})
+    text = (await post(tiny_client, "/detokenize", {"tokens": tok["tokens"]}))["prompt"]
+    assert text.endswith("<|im_start|>assistant\nThought: I need")
+    body = {"model": TINY, "messages": started, "max_tokens": 6, "temperature": 0, **options}
+    chat = await post(tiny_client, "/v1/chat/completions", body)
+    assert chat["usage"]["prompt_tokens"] == tok["count"]
+    # the reply is what the model writes after that exact text, and it holds the continuation only
+    plain = {"model": TINY, "prompt": tok["tokens"], "max_tokens": 6, "temperature": 0}
+    completion = await post(tiny_client, "/v1/completions", plain)
+    assert chat["choices"][0]["message"]["content"] == completion["choices"][0]["text"]
+    bare = await post(tiny_client, "/tokenize", {"messages": MESSAGES, "add_generation_prompt": False})
+    closed = {"model": TINY, "messages": MESSAGES, "max_tokens": 1, "add_generation_prompt": False}
+    assert (await post(tiny_client, "/v1/chat/completions", closed))["usage"]["prompt_tokens"] == bare["count"]
+
+
 async def test_tokenize_prompt_round_trips(tiny_client: httpx.AsyncClient) -> None:
     prompt = "Héllo wörld, 42 tokens… maybe"
     tok = await post(tiny_client, "/tokenize", {"prompt": prompt, "return_token_strs": True})
@@ -76,6 +96,9 @@ async def test_version(tiny_client: httpx.AsyncClient) -> None:
         ("/v1/completions", {"model": TINY, "prompt": "a b", "prompt_logprobs": 21}, "prompt_logprobs"),
         ("/v1/completions", {"model": TINY, "prompt": "a b", "prompt_logprobs": 1, "stream": True}, None),
         ("/v1/chat/completions", {"model": TINY, "messages": MESSAGES, "prompt_logprobs": -1}, "prompt_logprobs"),
+        ("/v1/chat/completions", {"model": TINY, "messages": MESSAGES, "continue_final_message": True}, None),
+        ("/v1/chat/completions", {"model": TINY, "messages": [*MESSAGES, {"role": "assistant", "content": "It"}],
+                                  "continue_final_message": True, "add_generation_prompt": True}, None),
     ],
 )
 async def test_bad_requests(tiny_client: httpx.AsyncClient, path: str, body: dict[str, Any], param: str | None) -> None:
