@@ -150,10 +150,14 @@ def test_agent_computes_over_retrieved_numbers(stack: str) -> None:
     assert done["stopped_reason"] == "answer", done
     assert {c["doc_id"] for c in events[-2]["citations"]} == {"b0", "b1"}, events[-2]
     assert "41" in done["answer"] and "17" in done["answer"], done["answer"]
-    if not any(e["type"] == "tool_call" and e["tool"] == "calculator" for e in events):
-        # Known miss (issue 14, open): the adapted 135M model states and cites both facts but answers without
-        # the calculator. Recorded, not skipped: once it calls the calculator the assertions below must hold.
-        pytest.xfail(f"the agent did not call the calculator: {done['answer']!r}")
-    assert any(e["type"] == "tool_result" and e["tool"] == "calculator" and e["observation"].endswith("= 24")
-               for e in events)  # fmt: skip
-    assert "24" in done["answer"] and "hour" in done["answer"].lower(), done["answer"]
+    # The question asks for a computed number: after the search the agent starts a calculator step and the
+    # model writes the expression from what it found.
+    calls = [e for e in events if e["type"] == "tool_call"]
+    assert [c["tool"] for c in calls][:2] == ["search_knowledge_base", "calculator"], calls
+    results = [e for e in events if e["type"] == "tool_result" and e["tool"] == "calculator"]
+    assert results and results[0]["observation"].endswith("= 24") and not results[0]["error"], results
+    if "24" not in done["answer"]:
+        # Known miss (issue 14, open): given "41 - 17 = 24", the adapted 135M model still answers with the two
+        # cited facts and not the result. Recorded, not skipped: once it says 24 the assertion below must hold.
+        pytest.xfail(f"the answer does not state the calculator's result: {done['answer']!r}")
+    assert "24 hours" in done["answer"].lower(), done["answer"]

@@ -23,6 +23,7 @@ from services.rag.agent import (
     agent_response,
     run_agent,
 )
+from services.rag.agent.tools.calculator import asks_to_compute
 from tests.unit.test_agent_doubles import MemoryKB, ScriptedChatModel, react_action, tool_call
 
 
@@ -157,7 +158,8 @@ PARIS = "How many more inhabitants did Paris have than Lyon in 2020?"
 async def test_calculator_result_is_used(protocol: str) -> None:
     if protocol == "react":
         replies: list[AIMessage | str] = [
-            react_action("calculator", "2.1 - 0.5", "Subtract."),
+            # the agent starts this reply (a computed number is asked): the model continues it
+            ' to subtract.\nAction: calculator\nAction Input: "2.1 - 0.5"',
             "Thought: done\nFinal Answer: Paris had 1.6 million more inhabitants than Lyon [1][2].",
         ]
     else:
@@ -182,6 +184,78 @@ async def test_calculator_result_is_used(protocol: str) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("protocol", ["react", "native"])
+async def test_a_question_asking_for_a_computed_number_is_computed_after_the_search(protocol: str) -> None:
+    answer = "Paris had 1.6 million more inhabitants than Lyon [1][2]."
+    replies: list[AIMessage | str] = (
+        [' the difference between 2.1 and 0.5.\nAction: calculator\nAction Input: {"expression": "2.1 - 0.5"}',
+         f"Thought: I know the answer.\nFinal Answer: {answer}"]
+        if protocol == "react"
+        else [tool_call("search_knowledge_base", {"query": PARIS}),
+              tool_call("calculator", {"expression": "2.1 - 0.5"}), answer]
+    )  # fmt: skip
+    model = ScriptedChatModel(replies=replies)
+    events = await events_of(request(query=PARIS, top_k=2, protocol=protocol), model)
+    calls = [(e.tool, e.arguments) for e in of_type(events, ToolCallEvent)]
+    assert calls == [("search_knowledge_base", {"query": PARIS}), ("calculator", {"expression": "2.1 - 0.5"})]
+    assert [r.observation for r in of_type(events, ToolResultEvent)][1] == "2.1 - 0.5 = 1.6"
+    assert events[-1].stopped_reason == "answer" and events[-1].answer == answer
+    if protocol == "react":
+        # The agent began the model's reply after the search; the model continued it, once.
+        assert model.calls[0][-1] == AIMessage(content="Thought: I need")
+        assert model.kwargs[0]["extra_body"] == {"continue_final_message": True, "add_generation_prompt": False}
+        assert ThoughtEvent(turn=1, text="I need the difference between 2.1 and 0.5.") in events
+        assert text_of(model.calls[1][-2]).startswith("Thought: I need the difference between 2.1 and 0.5.")
+        assert "extra_body" not in model.kwargs[1]
+    else:
+        # Search forced first, then the calculator, then the model is free.
+        assert [k.get("tool_choice") for k in model.kwargs] == ["search_knowledge_base", "calculator", None]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("query", "kb"),
+    [
+        ("Where was the designer of the Eiffel Tower born?", None),  # a stated fact: nothing to compute
+        (PARIS, {"geo": {}}),  # the search found nothing: nothing to compute with
+    ],
+)
+async def test_no_calculator_step_is_started_without_a_number_to_compute(
+    query: str, kb: dict[str, dict[str, list[str]]] | None
+) -> None:
+    model = ScriptedChatModel(replies=["Thought: I know the answer.\nFinal Answer: I don't know."])
+    events = await events_of(request(query=query), model, MemoryKB(kb))
+    assert len(model.calls) == 1 and "extra_body" not in model.kwargs[0]
+    assert isinstance(model.calls[0][-1], HumanMessage)  # the observation (or the question): no reply begun
+    assert not [e for e in events if isinstance(e, ToolCallEvent) and e.tool == "calculator"]
+
+
+def test_questions_asking_for_a_computed_number() -> None:
+    computed = [
+        PARIS,
+        "How many more hours does the Zorblax 3000 battery last than the Quintor X battery?",
+        "How much longer is the bridge than the tunnel?",
+        "What is the difference in weight between the two boats?",
+        "What is the combined capacity of both halls?",
+        "How many times larger is the park than the square?",
+        "Combien d'heures de plus dure la batterie du Zorblax que celle du Quintor ?",
+        "Quelle est la différence de prix entre A et B ?",
+        "Quel est le poids total des deux colis ?",
+        "Combien de fois la salle A est-elle plus grande que la salle B ?",
+    ]
+    stated = [
+        "How long does the Zorblax 3000 battery last?",
+        "How many inhabitants did Paris have in 2020?",
+        "How much does the ticket cost?",
+        "Who designed the Eiffel Tower?",
+        "Combien coûte le billet ?",
+        "Combien de fois a-t-il gagné ?",
+    ]
+    assert [q for q in computed if not asks_to_compute(q)] == []
+    assert [q for q in stated if asks_to_compute(q)] == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["react", "native"])
 async def test_a_number_no_tool_gave_is_sent_back_for_the_calculator(protocol: str) -> None:
     unsupported = "Paris had 1.6 million more inhabitants than Lyon [1][2]."
     calculate: AIMessage | str = (
@@ -190,7 +264,10 @@ async def test_a_number_no_tool_gave_is_sent_back_for_the_calculator(protocol: s
         else tool_call("calculator", {"expression": "2.1 - 0.5"})
     )
     answer = unsupported if protocol == "native" else f"Final Answer: {unsupported}"
-    replies: list[AIMessage | str] = [answer, calculate, answer]
+    # The first reply is the calculator step the agent starts (ReAct: the model goes on to answer instead;
+    # native: its forced call is not made): the number is still checked.
+    first = f" nothing more.\n{answer}" if protocol == "react" else answer
+    replies: list[AIMessage | str] = [first, calculate, answer]
     if protocol == "native":
         replies.insert(0, tool_call("search_knowledge_base", {"query": "Paris Lyon inhabitants"}))
     model = ScriptedChatModel(replies=replies)

@@ -6,7 +6,11 @@ Every run starts grounded: with ReAct the agent searches the knowledge base with
 with the question. A final answer must cite a source the run observed, and (with the calculator
 available) state no number that no observation gave; otherwise it is sent back once with a
 correction, and a second unsupported answer ends the run as "I don't know" with the sources listed.
-The answer is sent only once it passed that check.
+The answer is sent only once it passed that check. A question that asks for a computed number ("How many
+more…", `calculator.asks_to_compute`) goes through the calculator: once a search found sources, the next
+model turn is started by the agent as a calculator step (ReAct: the reply begins with
+`react.COMPUTE_START` and the model continues it; native: the tool choice is forced to the calculator),
+unless the run already called it. The model writes the expression from the observations.
 
 The graph is compiled once; each run passes its own `RunContext` (model, tools,
 sources, counters) and the nodes report progress as typed events through
@@ -81,6 +85,10 @@ class RunContext:
     question: str = ""
     # native: the model for the first turn, its tool choice forced to the search tool
     first_model: Runnable[LanguageModelInput, BaseMessage] | None = None
+    # the question asks for a computed number and the calculator is a tool (see the module docstring);
+    # native: the model with its tool choice forced to the calculator
+    compute: bool = False
+    compute_model: Runnable[LanguageModelInput, BaseMessage] | None = None
     tool_time_limit_s: float = 10.0
     observed: list[str] = field(default_factory=list)  # every tool result so far
     done_calls: set[str] = field(default_factory=set)  # (tool, arguments) of every call made, see `_key`
@@ -126,8 +134,16 @@ async def call_model(state: AgentState, runtime: Runtime[RunContext]) -> dict[st
     ctx, write = runtime.context, runtime.stream_writer
     turn = state["turn"] + 1
     forced = ctx.first_model is not None and state["turn"] == 0
-    reply = await _invoke(ctx, ctx.first_model if forced and ctx.first_model else ctx.model, state["messages"])
-    text = str(reply.text)
+    model = ctx.first_model if forced and ctx.first_model else ctx.model
+    start = ""
+    if ctx.compute and len(ctx.tool_context.sources) and not _called(ctx, "calculator"):
+        ctx.compute = False  # once a run: the model may still go another way
+        if ctx.protocol == "react":
+            start = react.COMPUTE_START
+        elif ctx.compute_model is not None:
+            model = ctx.compute_model
+    reply = await _invoke(ctx, model, state["messages"], start=start)
+    text = start + str(reply.text)
 
     if ctx.protocol == "react":
         parsed = react.parse(text, ctx.tools)
@@ -298,11 +314,16 @@ AGENT_GRAPH = build_graph()
 
 
 async def _invoke(
-    ctx: RunContext, model: Runnable[LanguageModelInput, BaseMessage], messages: list[AnyMessage]
+    ctx: RunContext, model: Runnable[LanguageModelInput, BaseMessage], messages: list[AnyMessage], start: str = ""
 ) -> AIMessageChunk:
+    """The model's reply to `messages`; with `start`, the reply is begun with it and the model continues it
+    (the generation API's `continue_final_message`): the result holds the continuation only."""
     kwargs = dict(ctx.model_kwargs)
     if ctx.protocol == "react":
         kwargs["stop"] = react.STOP
+    if start:
+        messages = [*messages, AIMessage(content=start)]
+        kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
     started = time.perf_counter()
     reply: AIMessageChunk | None = None
     try:
@@ -406,6 +427,11 @@ async def _run_tool(ctx: RunContext, call: PendingCall) -> tuple[str, bool, bool
 
 def _key(call: PendingCall) -> str:
     return json.dumps([call.tool, call.arguments], sort_keys=True)
+
+
+def _called(ctx: RunContext, tool: str) -> bool:
+    """Whether the run has called `tool`."""
+    return any(json.loads(key)[0] == tool for key in ctx.done_calls)
 
 
 def _call_id() -> str:

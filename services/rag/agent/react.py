@@ -8,7 +8,7 @@ Contract: the training-set builder renders agent traces with these public functi
 (`system_prompt`, `first_search`, `observation_message`, `correction`, `unsupported_correction`,
 `no_answer`, and `tools.search_knowledge_base.observation`), so an adapter sees exactly what the
 agent sends: system, question, first_search → its observation, [calculator action → observation],
-`Final Answer: … [n]`.
+`Final Answer: … [n]`. A calculator step of a trace starts with `COMPUTE_START`, as the agent starts it.
 """
 
 from __future__ import annotations
@@ -94,6 +94,11 @@ def first_search(question: str) -> str:
     """The agent's own first turn: it searches the knowledge base with the question."""
     arguments = json.dumps({"query": question}, ensure_ascii=False)
     return f"Thought: I search the knowledge base first.\nAction: {SEARCH}\nAction Input: {arguments}"
+
+
+# How the agent starts the model's reply after the first search when the question asks for a computed
+# number: the model goes on with what it needs ("… the difference between 41 and 17.") and the action.
+COMPUTE_START = "Thought: I need"
 
 
 def correction(reason: str, tools: Mapping[str, AgentTool]) -> str:

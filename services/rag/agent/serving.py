@@ -39,6 +39,7 @@ from .graph import AGENT_GRAPH, NATIVE_PROMPT, AgentState, RunContext
 from .kb import KnowledgeBase
 from .sources import SourceBook
 from .tools import REGISTRY, AgentTool, ToolContext
+from .tools.calculator import asks_to_compute
 
 
 def select_tools(names: list[str] | None) -> dict[str, AgentTool]:
@@ -107,12 +108,15 @@ async def run_agent(
     protocol = choose_protocol(request.protocol, native_tools)
     model: Runnable[LanguageModelInput, BaseMessage] = chat_model
     first_model: Runnable[LanguageModelInput, BaseMessage] | None = None
+    compute_model: Runnable[LanguageModelInput, BaseMessage] | None = None
     if protocol == "native":
         schemas = [t.openai_schema() for t in tools.values()]
         try:
             model = chat_model.bind_tools(schemas)
             if react.SEARCH in tools:  # the first turn must search: a grammar-constrained forced call
                 first_model = chat_model.bind_tools(schemas, tool_choice=react.SEARCH)
+            if "calculator" in tools:  # a computed number: the turn after the search is forced to compute
+                compute_model = chat_model.bind_tools(schemas, tool_choice="calculator")
         except NotImplementedError:
             raise InvalidRequest(
                 "protocol 'native' needs a chat model with tool calling; use 'react'.", param="protocol"
@@ -135,6 +139,8 @@ async def run_agent(
         max_observation_chars=max_observation_chars,
         question=request.question(),
         first_model=first_model,
+        compute="calculator" in tools and asks_to_compute(request.question()),
+        compute_model=compute_model,
         tool_time_limit_s=tool_time_limit_s,
         model_kwargs=kwargs,
     )

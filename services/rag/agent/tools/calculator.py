@@ -12,6 +12,7 @@ import ast
 import asyncio
 import math
 import operator
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -117,6 +118,29 @@ def format_number(value: Number) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return f"{value:.12g}" if isinstance(value, float) else str(value)
+
+
+# Questions whose answer is a number computed from others (a difference, a sum, a ratio, a share), in
+# English and French: the agent computes those with the calculator (`graph.call_model`).
+_COMPARATIVE = (
+    r"more|less|fewer|longer|shorter|older|younger|heavier|lighter|higher|lower|bigger|larger|smaller|faster|"
+    r"slower|cheaper|farther|further|taller|wider|earlier|later"
+)
+_COMPUTE = re.compile(
+    rf"\bhow (?:many|much) (?:[\w-]+ ){{0,3}}?(?:{_COMPARATIVE})\b"
+    r"|\b(?:difference|gap|combined|in total|total|altogether|together|sum of|add up|times as|ratio|average|"
+    r"percentage|per ?cent)\b|\btimes (?:" + _COMPARATIVE + r")\b"
+    r"|\bcombien\b.*\bde (?:plus|moins)\b|\b(?:de plus|de moins) que\b|\bdiff[ée]rence\b"
+    r"|[ée]cart\b|\bau total\b|\ben tout\b|\btotale?\b|\bsomme\b|\bfois (?:plus|moins)\b|\bmoyenne\b"
+    r"|\bpourcentage\b|\bcombien de fois\b.*\b(?:plus|moins)\b",
+    re.IGNORECASE,
+)
+
+
+def asks_to_compute(question: str) -> bool:
+    """Whether `question` asks for a number to be computed from others ("How many more hours…", "the total
+    of…", "Combien de … de plus…"), rather than for a stated fact."""
+    return _COMPUTE.search(question) is not None
 
 
 class CalculatorArgs(BaseModel):
