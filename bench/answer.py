@@ -61,6 +61,7 @@ def split(timings: dict[str, float], latency_ms: float, first_ms: float | None =
     }
     if first_ms is not None:
         row["client_ttft"] = first_ms
+    row.update({f"stage:{k}": v for k, v in timings.items() if k not in STAGES_EXCLUDED})
     return row
 
 
@@ -119,7 +120,10 @@ async def run(base: str, queries: list[str], concurrency: int, per_way: int, max
             report[name] = {
                 "queries": len(rows),
                 "seconds": time.perf_counter() - started,
-                **{f"{k}_p50": statistics.median(r[k] for r in rows) for k in rows[0]},
+                **{
+                    f"{k}_p50": statistics.median(r.get(k, 0.0) for r in rows)
+                    for k in dict.fromkeys(k for r in rows for k in r)
+                },
                 **{f"{k}_p95": pct([r[k] for r in rows], 0.95) for k in ("overhead", "edge")},
             }
         return report
@@ -153,6 +157,9 @@ def main() -> None:
     stream = report["stream"]
     print(f"streamed time to first token p50: server `ttft` {stream['ttft_p50']:.0f} ms, client (first delta "
           f"event) {stream['client_ttft_p50']:.0f} ms; goal <= 600 ms at concurrency 1")  # fmt: skip
+    stages = {k[len("stage:") : -len("_p50")]: v for k, v in stream.items() if k.startswith("stage:")}
+    print("streamed stage p50 ms (a stage a query skipped counts 0): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))  # fmt: skip
     out = REPO_ROOT / ".bench"
     out.mkdir(exist_ok=True)
     (out / "answer.json").write_text(json.dumps({"commit": commit, "results": report}, indent=1))
