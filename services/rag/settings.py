@@ -76,9 +76,10 @@ class RagSettings(CommonSettings):
     chunk_size: int = Field(200, ge=16, description="Default chunk size in embedding-model tokens.")
     chunk_overlap: int = Field(30, ge=0, description="Default overlap in tokens (overlap and recursive strategies).")
     context_mode: ContextMode = Field(
-        "sentences",
-        description="What an answer's prompt shows of each source: `sentences` (the sentences closest to the "
-        "question, with their neighbours, in document order) or `chunks` (whole chunks, best first).",
+        "chunks",
+        description="What an answer's prompt shows of each source: `chunks` (whole chunks, best first, while the "
+        "budget lasts) or `sentences` (the sentences closest to the question, with their neighbours, in document "
+        "order). `chunks` answered better and sooner on the held-out sets with the packaged model (README).",
     )
     context_tokens: int = Field(
         300, ge=32, description="Token budget of the sources in an answer's prompt (embedding-model tokens)."

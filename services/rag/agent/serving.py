@@ -96,7 +96,7 @@ async def run_agent(
     max_observation_chars: int = 4000,
     native_tools: bool = False,
     tool_time_limit_s: float = 10.0,
-    context_mode: ContextMode = "sentences",
+    context_mode: ContextMode = "chunks",
     context_tokens: int = 300,
 ) -> AsyncGenerator[AgentEvent, None]:
     """Run the agent and yield its events; the last one is `done` unless the chat model fails.

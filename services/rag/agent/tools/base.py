@@ -28,7 +28,7 @@ class ToolContext:
     top_k: int
     sources: SourceBook
     max_chars: int
-    context_mode: ContextMode = "sentences"
+    context_mode: ContextMode = "chunks"
     context_tokens: int = 300
 
 
