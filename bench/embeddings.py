@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.embeddings.engines.base import default_threads  # noqa: E402
+from services.embeddings.engines.base import apply_dtype, default_threads, resolve_dtype  # noqa: E402
 from services.embeddings.models import DEFAULT_EMBED_MODEL, packaged_folder  # noqa: E402
 from tests.servers import free_port, running  # noqa: E402
 
@@ -133,7 +133,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32, help="encode's batch_size and the service's")
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--encoding", choices=["base64", "float"], default="base64")
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        help="weights of encode and the service alike (auto: what the service picks on this CPU, bfloat16 where "
+        "it has native bf16)",
+    )
     args = ap.parse_args()
+    dtype = resolve_dtype(args.dtype, "cpu")
     sizes = [int(x) for x in args.per_request.split(",")]
 
     import torch
@@ -142,6 +149,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     texts = make_texts(args.texts)
     model = SentenceTransformer(str(packaged_folder(DEFAULT_EMBED_MODEL)), device="cpu")
+    apply_dtype(model, dtype)
     tokens = sum(len(ids) for ids in model.tokenizer(texts)["input_ids"])
     model.encode(texts[:64], batch_size=args.batch_size)  # warm-up
 
@@ -149,6 +157,7 @@ def main() -> None:
     env = {
         "INFERAG_EMB_PORT": str(port),
         "INFERAG_EMB_NUM_THREADS": str(args.threads),
+        "INFERAG_EMB_DTYPE": dtype,
         "INFERAG_EMB_BATCH_SIZE": str(args.batch_size),
         "INFERAG_EMB_MAX_WAIT_MS": str(args.max_wait_ms),
         "INFERAG_EMB_RERANK_MODEL": "none",
@@ -176,7 +185,7 @@ def main() -> None:
     enc = statistics.median(r.texts_per_s for r in baseline)
     print(
         f"\nall-MiniLM-L6-v2, {len(texts)} texts ({tokens / len(texts):.0f} word pieces on average), "
-        f"{args.threads} torch thread(s), batch {args.batch_size}, {args.encoding}, {os.cpu_count()} CPUs, "
+        f"{args.threads} torch thread(s), {dtype}, batch {args.batch_size}, {args.encoding}, {os.cpu_count()} CPUs, "
         f"load average {min(load):.1f} to {max(load):.1f} (above {os.cpu_count()}: other processes compete)"
     )
     head = f"medians of {args.rounds} rounds"
