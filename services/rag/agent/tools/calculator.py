@@ -122,17 +122,18 @@ def format_number(value: Number) -> str:
 
 # Questions whose answer is a number computed from others (a difference, a sum, a ratio, a share), in
 # English and French: the agent computes those with the calculator (`graph.call_model`).
+# A false positive costs one calculator step the model may turn away from (it writes its own action).
 _COMPARATIVE = (
-    r"more|less|fewer|longer|shorter|older|younger|heavier|lighter|higher|lower|bigger|larger|smaller|faster|"
-    r"slower|cheaper|farther|further|taller|wider|earlier|later"
+    "more|less|fewer|longer|shorter|older|younger|heavier|lighter|higher|lower|bigger|larger|smaller|faster|"
+    "slower|cheaper|farther|further|taller|wider|earlier|later"
 )
 _COMPUTE = re.compile(
-    rf"\bhow (?:many|much) (?:[\w-]+ ){{0,3}}?(?:{_COMPARATIVE})\b"
-    r"|\b(?:difference|gap|combined|in total|total|altogether|together|sum of|add up|times as|ratio|average|"
-    r"percentage|per ?cent)\b|\btimes (?:" + _COMPARATIVE + r")\b"
-    r"|\bcombien\b.*\bde (?:plus|moins)\b|\b(?:de plus|de moins) que\b|\bdiff[ée]rence\b"
-    r"|[ée]cart\b|\bau total\b|\ben tout\b|\btotale?\b|\bsomme\b|\bfois (?:plus|moins)\b|\bmoyenne\b"
-    r"|\bpourcentage\b|\bcombien de fois\b.*\b(?:plus|moins)\b",
+    rf"\bhow (?:many|much) (?:[\w-]+ ){{0,3}}?(?:{_COMPARATIVE})\b|\btimes (?:as|{_COMPARATIVE})\b"
+    r"|\b(?:difference|gap|combined|in total|total|altogether|together|sum of|add up|ratio|average|percentage|"
+    r"per ?cent)\b"
+    r"|\bcombien\b.*\bde (?:plus|moins)\b|\bcombien de fois\b.*\b(?:plus|moins)\b|\b(?:de plus|de moins) que\b"
+    r"|\bdiff[ée]rence\b|\b[ée]cart\b"
+    r"|\bau total\b|\ben tout\b|\btotale?\b|\bsomme\b|\bfois (?:plus|moins)\b|\bmoyenne\b|\bpourcentage\b",
     re.IGNORECASE,
 )
 
