@@ -147,6 +147,13 @@ class _SamplingFields(_Lenient):
         return [s for s in stops if s]
 
 
+def _check_continuation(request: BaseModel, continue_final_message: bool, add_generation_prompt: bool) -> None:
+    """vLLM's rule: a continued last message opens no new turn. `add_generation_prompt` defaults to true, so
+    only a request that gives it true with `continue_final_message` is refused."""
+    if continue_final_message and add_generation_prompt and "add_generation_prompt" in request.model_fields_set:
+        raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -169,11 +176,9 @@ class ChatCompletionRequest(_SamplingFields):
     def _checks(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and self.top_logprobs > 0 and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
-        if self.continue_final_message:
-            if self.add_generation_prompt and "add_generation_prompt" in self.model_fields_set:
-                raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
-            if self.messages[-1].role != "assistant":
-                raise ValueError("continue_final_message needs the last message to be the assistant's")
+        _check_continuation(self, self.continue_final_message, self.add_generation_prompt)
+        if self.continue_final_message and self.messages[-1].role != "assistant":
+            raise ValueError("continue_final_message needs the last message to be the assistant's")
         if isinstance(self.tool_choice, NamedToolChoice) or self.tool_choice == "required":
             if not self.tools:
                 raise ValueError("tool_choice requires tools")
@@ -359,12 +364,7 @@ class TokenizeRequest(_Lenient):
     def _one_input(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' or 'messages'")
-        if (
-            self.continue_final_message
-            and self.add_generation_prompt
-            and "add_generation_prompt" in (self.model_fields_set)
-        ):
-            raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+        _check_continuation(self, self.continue_final_message, self.add_generation_prompt)
         return self
 
 

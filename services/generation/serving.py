@@ -207,9 +207,10 @@ class GenerationService:
                     messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{prompt}"}
                 else:
                     messages.insert(0, {"role": "system", "content": prompt})
+        if continue_final_message:  # the last message stays open: no new turn after it
+            kwargs["continue_final_message"] = True
+            add_generation_prompt = False
         try:
-            if continue_final_message:
-                kwargs["continue_final_message"] = True
             ids = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False, **kwargs
             )
@@ -268,9 +269,7 @@ class GenerationService:
     def prepare_chat(self, req: ChatCompletionRequest) -> _Prepared:
         self._check_model(req.model)
         ids, tools, forced = self.render_chat(
-            req,
-            add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
-            continue_final_message=req.continue_final_message,
+            req, add_generation_prompt=req.add_generation_prompt, continue_final_message=req.continue_final_message
         )
         schema: dict[str, Any] | None = None
         fmt = req.response_format

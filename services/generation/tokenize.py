@@ -28,11 +28,8 @@ def _tokenize(service: GenerationService, req: TokenizeRequest, model: str) -> l
         add_special = True if req.add_special_tokens is None else req.add_special_tokens
         return list(tokenizer.encode(req.prompt, add_special_tokens=add_special))
     chat = ChatCompletionRequest(model=model, messages=req.messages or [], tools=req.tools)
-    continue_final = req.continue_final_message
     ids, _, _ = service.render_chat(
-        chat,
-        add_generation_prompt=req.add_generation_prompt and not continue_final,
-        continue_final_message=continue_final,
+        chat, add_generation_prompt=req.add_generation_prompt, continue_final_message=req.continue_final_message
     )
     if req.add_special_tokens:
         # vLLM tokenizes the rendered text with the special tokens on: those of an empty text (BOS...) first.

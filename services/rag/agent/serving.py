@@ -106,6 +106,7 @@ async def run_agent(
     """
     tools = select_tools(request.tools)
     protocol = choose_protocol(request.protocol, native_tools)
+    compute = "calculator" in tools and asks_to_compute(request.question())
     model: Runnable[LanguageModelInput, BaseMessage] = chat_model
     first_model: Runnable[LanguageModelInput, BaseMessage] | None = None
     compute_model: Runnable[LanguageModelInput, BaseMessage] | None = None
@@ -115,7 +116,7 @@ async def run_agent(
             model = chat_model.bind_tools(schemas)
             if react.SEARCH in tools:  # the first turn must search: a grammar-constrained forced call
                 first_model = chat_model.bind_tools(schemas, tool_choice=react.SEARCH)
-            if "calculator" in tools:  # a computed number: the turn after the search is forced to compute
+            if compute:  # a computed number is asked: the turn after the search is forced to compute
                 compute_model = chat_model.bind_tools(schemas, tool_choice="calculator")
         except NotImplementedError:
             raise InvalidRequest(
@@ -139,7 +140,7 @@ async def run_agent(
         max_observation_chars=max_observation_chars,
         question=request.question(),
         first_model=first_model,
-        compute="calculator" in tools and asks_to_compute(request.question()),
+        compute=compute,
         compute_model=compute_model,
         tool_time_limit_s=tool_time_limit_s,
         model_kwargs=kwargs,
