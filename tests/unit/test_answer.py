@@ -214,3 +214,20 @@ async def test_prepare_is_what_both_ways_send() -> None:
     _ = [e async for e in await made.stream(req)]
     sent = [[m.model_dump(exclude_none=True) for m in r.messages] for r in generator.requests]
     assert sent[0] == sent[1] == [{"role": m["role"], "content": m["content"]} for m in prep.messages]
+
+
+@pytest.mark.asyncio
+async def test_the_default_context_is_whole_chunks() -> None:
+    """`chunks` is the measured default (README, Evaluation): with nothing set the prompt shows whole chunks, best
+    first, as `context: "chunks"` does, not the sentences closest to the question."""
+    long = f"{ZORBLAX} The company also sells chargers, cables and cases in many colours. Its offices are by the sea."
+    hits = [doc_hit("zorblax", long), doc_hit("quintor", QUINTOR)]
+    question = "How long does the Zorblax 3000 battery last?"
+    shown = {}
+    for mode in (None, "chunks", "sentences"):
+        made, _ = answerer(hits, REPLY)
+        prep = await made.prepare(QueryRequest(collection="kb", query=question, context=mode, context_tokens=32))
+        shown[mode] = [c.text for c in prep.contexts]
+    # the first chunk is 32 words, the whole budget: it is shown whole, and the second does not fit
+    assert shown[None] == shown["chunks"] == [long]
+    assert shown["sentences"] != shown["chunks"]
