@@ -156,8 +156,6 @@ def test_agent_computes_over_retrieved_numbers(stack: str) -> None:
     assert [c["tool"] for c in calls][:2] == ["search_knowledge_base", "calculator"], calls
     results = [e for e in events if e["type"] == "tool_result" and e["tool"] == "calculator"]
     assert results and results[0]["observation"].endswith("= 24") and not results[0]["error"], results
-    if "24" not in done["answer"]:
-        # Known miss (issue 14, open): given "41 - 17 = 24", the adapted 135M model still answers with the two
-        # cited facts and not the result. Recorded, not skipped: once it says 24 the assertion below must hold.
-        pytest.xfail(f"the answer does not state the calculator's result: {done['answer']!r}")
+    # The adapted model answers with the two cited facts and leaves out the result: the agent writes the
+    # calculator's "41 - 17 = 24" after them, and the model continues that line.
     assert "24 hours" in done["answer"].lower(), done["answer"]

@@ -212,6 +212,39 @@ async def test_a_question_asking_for_a_computed_number_is_computed_after_the_sea
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["react", "native"])
+@pytest.mark.parametrize(
+    ("continued", "stated"),
+    [
+        (" million more in Paris.", " million more in Paris."),  # the model continues the line the agent began
+        (" million, 3.2 times more.", ""),  # a number nothing gave: the line is left as the agent wrote it
+    ],
+)
+async def test_an_answer_leaving_out_the_computed_number_states_the_calculators_result(
+    protocol: str, continued: str, stated: str
+) -> None:
+    facts = "Paris had 2.1 million inhabitants [1] and Lyon 0.5 million [2]."
+    replies: list[AIMessage | str] = (
+        [' the difference between 2.1 and 0.5.\nAction: calculator\nAction Input: {"expression": "2.1 - 0.5"}',
+         f"Thought: I know the answer.\nFinal Answer: {facts}", f"{continued}\nThought: more"]
+        if protocol == "react"
+        else [tool_call("search_knowledge_base", {"query": PARIS}),
+              tool_call("calculator", {"expression": "2.1 - 0.5"}), facts, continued]
+    )  # fmt: skip
+    model = ScriptedChatModel(replies=replies)
+    events = await events_of(request(query=PARIS, top_k=2, protocol=protocol), model)
+    answer = f"{facts}\n2.1 - 0.5 = 1.6{stated}"
+    assert events[-1].stopped_reason == "answer" and events[-1].answer == answer
+    assert of_type(events, DeltaEvent) == [DeltaEvent(text=answer)]
+    begun = f"{facts}\n2.1 - 0.5 = 1.6"
+    assert model.calls[-1][-1] == AIMessage(content=f"Thought: I know the answer.\nFinal Answer: {begun}"
+                                            if protocol == "react" else begun)  # fmt: skip
+    assert model.kwargs[-1]["extra_body"] == {"continue_final_message": True, "add_generation_prompt": False}
+    assert model.kwargs[-1]["max_tokens"] == 16
+    assert [c.doc_id for c in of_type(events, CitationsEvent)[0].citations] == ["paris", "paris"]
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("query", "kb"),
     [

@@ -56,6 +56,16 @@ def test_actions_in_many_spellings(text: str, tool: str, raw: object) -> None:
         ("**Final Answer:** Paris", "Paris"),
         ("Paris is the capital.", "Paris is the capital."),  # no keyword at all: weak models answer directly
         ("Final Answer: Paris\nObservation: Action: calculator", "Paris"),
+        # restated before each sentence (the packaged model, on the question in French): joined
+        ("Thought: I know the answer.\nFinal Answer: The difference is 24 hours.\nThought: I know the answer.\n"
+         "Final Answer: The Zorblax 3000 battery lasts 41 hours [1].\nThought: I know the answer.\n"
+         "Final Answer: The Quintor X battery lasts 17 hours [2].",
+         "The difference is 24 hours.\nThe Zorblax 3000 battery lasts 41 hours [1].\n"
+         "The Quintor X battery lasts 17 hours [2]."),
+        # an action written after the answer is not part of it
+        ('Final Answer: 24 hours [1].\nThought: I need the difference.\nAction: calculator\nAction Input: "41 - 17"',
+         "24 hours [1]."),
+        ("Final Answer: 2\nAction: calculator", "2"),
     ],
 )
 def test_final_answers(text: str, answer: str) -> None:

@@ -10,7 +10,9 @@ The answer is sent only once it passed that check. A question that asks for a co
 more…", `calculator.asks_to_compute`) goes through the calculator: once a search found sources, the next
 model turn is started by the agent as a calculator step (ReAct: the reply begins with
 `react.COMPUTE_START` and the model continues it; native: the tool choice is forced to the calculator),
-unless the run already called it. The model writes the expression from the observations.
+unless the run already called it. The model writes the expression from the observations. A small model
+often answers with the facts it found and leaves out the number it computed: the agent then writes the
+calculator's result after that answer and the model continues the line (`_state_result`).
 
 The graph is compiled once; each run passes its own `RunContext` (model, tools,
 sources, counters) and the nodes report progress as typed events through
@@ -89,6 +91,8 @@ class RunContext:
     # native: the model with its tool choice forced to the calculator
     compute: bool = False
     compute_model: Runnable[LanguageModelInput, BaseMessage] | None = None
+    compute_started: bool = False  # the calculator step was started (once a run)
+    result: str | None = None  # the calculator's last result in such a run, until an answer states it
     tool_time_limit_s: float = 10.0
     observed: list[str] = field(default_factory=list)  # every tool result so far
     done_calls: set[str] = field(default_factory=set)  # (tool, arguments) of every call made, see `_key`
@@ -136,8 +140,8 @@ async def call_model(state: AgentState, runtime: Runtime[RunContext]) -> dict[st
     forced = ctx.first_model is not None and state["turn"] == 0
     model = ctx.first_model if forced and ctx.first_model else ctx.model
     start = ""
-    if ctx.compute and len(ctx.tool_context.sources) and not _called(ctx, "calculator"):
-        ctx.compute = False  # once a run: the model may still go another way
+    if ctx.compute and not ctx.compute_started and len(ctx.tool_context.sources) and not _called(ctx, "calculator"):
+        ctx.compute_started = True  # once a run: the model may still go another way
         if ctx.protocol == "react":
             start = react.COMPUTE_START
         elif ctx.compute_model is not None:
@@ -204,6 +208,8 @@ async def call_model(state: AgentState, runtime: Runtime[RunContext]) -> dict[st
             ctx.answer = react.no_answer(ctx.tool_context.sources.all())
             write(DeltaEvent(text=ctx.answer))
             return {"turn": turn, "failures": 0, "pending": [], "outcome": "unsupported"}
+        if ctx.result is not None and not honest and not numbers(ctx.result.rsplit("=", 1)[-1]) & numbers(answer):
+            answer = await _state_result(ctx, state["messages"], thought, answer)
         if thought:
             write(ThoughtEvent(turn=turn, text=thought))
         write(DeltaEvent(text=answer))
@@ -241,8 +247,12 @@ async def _execute(ctx: RunContext, write: Writer, turn: int, call: PendingCall,
     write(ToolResultEvent(turn=turn, id=call.id, tool=call.tool, observation=observation, error=error,
                           truncated=truncated, duration_ms=ms))  # fmt: skip
     ctx.observed.append(observation)
+    if ctx.compute and call.tool == "calculator" and not error:
+        ctx.result = observation
     return react.observation_message(call.tool, observation, last=last) if ctx.protocol == "react" else observation
 
+
+RESULT_TOKENS = 16  # the continuation of a stated calculator result: a unit, a citation
 
 DONT_KNOW = re.compile(r"\b(?:i don'?t know|i do not know|je ne sais pas)\b", re.IGNORECASE)
 
@@ -314,11 +324,17 @@ AGENT_GRAPH = build_graph()
 
 
 async def _invoke(
-    ctx: RunContext, model: Runnable[LanguageModelInput, BaseMessage], messages: list[AnyMessage], start: str = ""
+    ctx: RunContext,
+    model: Runnable[LanguageModelInput, BaseMessage],
+    messages: list[AnyMessage],
+    start: str = "",
+    max_tokens: int | None = None,
 ) -> AIMessageChunk:
     """The model's reply to `messages`; with `start`, the reply is begun with it and the model continues it
     (the generation API's `continue_final_message`): the result holds the continuation only."""
     kwargs = dict(ctx.model_kwargs)
+    if max_tokens is not None:
+        kwargs["max_tokens"] = max_tokens
     if ctx.protocol == "react":
         kwargs["stop"] = react.STOP
     if start:
@@ -344,6 +360,17 @@ async def _invoke(
         ctx.usage.completion_tokens += reply.usage_metadata.get("output_tokens", 0)
         ctx.usage.total_tokens = ctx.usage.prompt_tokens + ctx.usage.completion_tokens
     return reply
+
+
+async def _state_result(ctx: RunContext, messages: list[AnyMessage], thought: str | None, answer: str) -> str:
+    """`answer` followed by the calculator's result ("41 - 17 = 24"), which the model continues on that line
+    (the unit, a citation). Without the continuation if that one is not supported."""
+    result, ctx.result = ctx.result, None
+    stated = f"{answer}\n{result}"
+    begun = f"Thought: {thought or 'I know the answer.'}\nFinal Answer: {stated}" if ctx.protocol == "react" else stated
+    reply = await _invoke(ctx, ctx.model, messages, start=begun, max_tokens=RESULT_TOKENS)
+    line = stated + react.cut_observation(str(reply.text)).split("\n", 1)[0].rstrip()
+    return line if unsupported(line, ctx) is None else stated
 
 
 def model_error(exc: Exception) -> InferagError:

@@ -101,6 +101,8 @@ def first_search(question: str) -> str:
 COMPUTE_START = "Thought: I need"
 
 
+
+
 def correction(reason: str, tools: Mapping[str, AgentTool]) -> str:
     return (
         f"Your last reply was not in the format I can act on ({reason}). Reply with either\n"
@@ -162,7 +164,7 @@ def parse(text: str, tools: Mapping[str, AgentTool]) -> ReactTurn:
     final = final_answer_start(text)
     if final is not None:
         start, thought = final
-        answer = text[start:].strip()
+        answer = _answer(text[start:])
         return ReactFinal(thought, answer) if answer else Malformed("the Final Answer is empty", thought)
     action = ACTION.search(text)
     if action is None:
@@ -191,6 +193,19 @@ def parse(text: str, tools: Mapping[str, AgentTool]) -> ReactTurn:
     else:
         raw = "\n".join(lines[1:]) or None
     return ReactAction(thought, tool, _input(raw))
+
+
+def _answer(text: str) -> str:
+    """The final answer from where it begins. A small model sometimes restates `Thought: … Final Answer: …`
+    before each sentence: the parts are joined, one a line. What follows an Action it writes after its
+    answer is left out (the answer is final)."""
+    parts = []
+    for part in FINAL.split(text):
+        ends = [m.start() for m in (THOUGHT.search(part), ACTION.search(part)) if m is not None]
+        parts.append(part[: min(ends)] if ends else part)
+        if ACTION.search(part):
+            break
+    return "\n".join(p.strip() for p in parts if p.strip())
 
 
 def _thought(text: str) -> str | None:
