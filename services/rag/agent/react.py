@@ -101,8 +101,6 @@ def first_search(question: str) -> str:
 COMPUTE_START = "Thought: I need"
 
 
-
-
 def correction(reason: str, tools: Mapping[str, AgentTool]) -> str:
     return (
         f"Your last reply was not in the format I can act on ({reason}). Reply with either\n"
@@ -201,9 +199,9 @@ def _answer(text: str) -> str:
     answer is left out (the answer is final)."""
     parts = []
     for part in FINAL.split(text):
-        ends = [m.start() for m in (THOUGHT.search(part), ACTION.search(part)) if m is not None]
-        parts.append(part[: min(ends)] if ends else part)
-        if ACTION.search(part):
+        action = ACTION.search(part)
+        parts.append(part[: min((m.start() for m in (THOUGHT.search(part), action) if m), default=len(part))])
+        if action is not None:
             break
     return "\n".join(p.strip() for p in parts if p.strip())
 
