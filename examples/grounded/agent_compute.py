@@ -20,8 +20,8 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate import ROOT, _free_port, _serve, _wait_ready  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from examples.grounded.evaluate import ROOT, _free_port, _serve, _wait_ready  # noqa: E402
 
 QUESTIONS = [
     (["The Velmora tower is 212 metres tall.", "The Ostrel tower is 187 metres tall.",
