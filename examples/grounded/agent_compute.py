@@ -5,7 +5,7 @@
 
 Eight questions over made-up documents (differences, a sum, a ratio, an age gap, one in French), two or three
 documents each in their own collection; none is in the adapter's training set (the Zorblax one is the issue's
-own). It starts `make run`'s process (as `evaluate.py` does), asks each question of `/rag/agent`, and prints
+own). It starts `make run`'s process (`evaluate.started_stack`), asks each question of `/rag/agent`, and prints
 per question whether a calculator result gave the gold number and whether the final answer states it.
 """
 
@@ -15,13 +15,12 @@ import argparse
 import json
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from examples.grounded.evaluate import ROOT, _free_port, _serve, _wait_ready  # noqa: E402
+from examples.grounded.evaluate import ROOT, started_stack  # noqa: E402
 
 QUESTIONS = [
     (["The Velmora tower is 212 metres tall.", "The Ostrel tower is 187 metres tall.",
@@ -66,31 +65,20 @@ def main() -> None:
     ap.add_argument("--adapter", default="grounded-smollm2", help="INFERAG_GEN_DEFAULT_ADAPTER")
     args = ap.parse_args()
     computed = answered = 0
-    with tempfile.TemporaryDirectory(prefix="agent-compute-") as tmp:
-        data = Path(tmp)
-        if (ROOT / "data" / "models").is_dir():
-            (data / "models").symlink_to(ROOT / "data" / "models")
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = _serve(args.code.resolve(), data, args.adapter, port)
-        try:
-            _wait_ready(url, proc)
-            for i, (docs, question, gold) in enumerate(QUESTIONS):
-                httpx.post(f"{url}/rag/collections/c{i}/documents", timeout=300,
-                           json={"documents": [{"id": f"d{j}", "text": t} for j, t in enumerate(docs)]},
-                           ).raise_for_status()  # fmt: skip
-                events = ask(url, f"c{i}", question)
-                tool = any(e["type"] == "tool_result" and e["tool"] == "calculator" and not e["error"]
-                           and states(str(e["observation"]).rsplit("=", 1)[-1], gold) for e in events)  # fmt: skip
-                done = events[-1]
-                right = states(str(done.get("answer") or ""), gold)
-                computed, answered = computed + tool, answered + right
-                row = {"question": question, "gold": gold, "calculator_gave_it": tool, "answer_states_it": right,
-                       "stopped_reason": done.get("stopped_reason"), "answer": done.get("answer")}
-                print(json.dumps(row, ensure_ascii=False), flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(60)
+    with started_stack(args.code.resolve(), args.adapter) as url:
+        for i, (docs, question, gold) in enumerate(QUESTIONS):
+            httpx.post(f"{url}/rag/collections/c{i}/documents", timeout=300,
+                       json={"documents": [{"id": f"d{j}", "text": t} for j, t in enumerate(docs)]},
+                       ).raise_for_status()  # fmt: skip
+            events = ask(url, f"c{i}", question)
+            tool = any(e["type"] == "tool_result" and e["tool"] == "calculator" and not e["error"]
+                       and states(str(e["observation"]).rsplit("=", 1)[-1], gold) for e in events)  # fmt: skip
+            done = events[-1]
+            right = states(str(done.get("answer") or ""), gold)
+            computed, answered = computed + tool, answered + right
+            row = {"question": question, "gold": gold, "calculator_gave_it": tool, "answer_states_it": right,
+                   "stopped_reason": done.get("stopped_reason"), "answer": done.get("answer")}
+            print(json.dumps(row, ensure_ascii=False), flush=True)
     n = len(QUESTIONS)
     print(f"calculator gave the gold number {computed}/{n}; the final answer states it {answered}/{n}")
 

@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,9 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 1800) 
     raise TimeoutError("the stack did not become ready")
 
 
-def run(code: Path, adapter: str, sets: list[str], concurrency: int) -> dict[str, Any]:
+@contextmanager
+def started_stack(code: Path, adapter: str) -> Iterator[str]:
+    """`make run`'s process served from `code` with `adapter`, on a fresh data folder: its URL, once ready."""
     with tempfile.TemporaryDirectory(prefix="grounded-eval-") as tmp:
         data = Path(tmp)
         if (ROOT / "data" / "models").is_dir():  # the converted packaged model, instead of a minute of conversion
@@ -68,27 +72,32 @@ def run(code: Path, adapter: str, sets: list[str], concurrency: int) -> dict[str
         proc = _serve(code, data, adapter, port)
         try:
             _wait_ready(url, proc)
-            card = httpx.get(url + "/v1/models", timeout=120).json()["data"][0]
-            results: dict[str, Any] = {"model": card.get("details")}
-            for folder in sets:
-                name = Path(folder).name.replace("-", "")
-                started = time.perf_counter()
-                out = subprocess.run(
-                    [sys.executable, "-m", "services.cli", "eval", folder, "-c", name, "--configs", "hybrid",
-                     "--concurrency", str(concurrency), "--timeout", "3600", "--url", url, "--json"],
-                    cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=True,
-                )  # fmt: skip
-                report = json.loads(out.stdout)
-                report["seconds"] = round(time.perf_counter() - started, 1)
-                results[folder] = report
-                print(summary(folder, adapter, report), file=sys.stderr, flush=True)  # progress of a long run
-            return results
+            yield url
         finally:
             proc.terminate()
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def run(code: Path, adapter: str, sets: list[str], concurrency: int) -> dict[str, Any]:
+    with started_stack(code, adapter) as url:
+        card = httpx.get(url + "/v1/models", timeout=120).json()["data"][0]
+        results: dict[str, Any] = {"model": card.get("details")}
+        for folder in sets:
+            name = Path(folder).name.replace("-", "")
+            started = time.perf_counter()
+            out = subprocess.run(
+                [sys.executable, "-m", "services.cli", "eval", folder, "-c", name, "--configs", "hybrid",
+                 "--concurrency", str(concurrency), "--timeout", "3600", "--url", url, "--json"],
+                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            report = json.loads(out.stdout)
+            report["seconds"] = round(time.perf_counter() - started, 1)
+            results[folder] = report
+            print(summary(folder, adapter, report), file=sys.stderr, flush=True)  # progress of a long run
+        return results
 
 
 def summary(folder: str, adapter: str, report: dict[str, Any]) -> str:
